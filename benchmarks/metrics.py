@@ -1,0 +1,274 @@
+"""Classification metrics for the leaderboard: ROC-AUC with bootstrap CIs, DeLong's test, operating points.
+
+Conventions shared by every function here:
+
+* A *binary* problem is ``y [N]`` (bool or 0/1, 1 = positive) with ``score [N]`` (higher = more positive).
+* A *table* problem is ``labels [N]`` (int class index) with ``probs [N, C]``. Its AUC is the binary AUC of
+  column 1 when ``C == 2`` and otherwise the unweighted mean of the one-vs-rest AUCs of the classes that
+  have both positives and negatives (macro). Functions that accept both tell them apart by ``ndim``.
+* Ties between a positive and a negative count one half (the Mann-Whitney convention, same as
+  scikit-learn's ``roc_auc_score``).
+
+Operating points: the threshold is chosen on validation scores only (:func:`choose_threshold`) and then
+applied unchanged to test scores (:func:`threshold_metrics`); a case is called positive when
+``score >= threshold``. Accuracy, balanced accuracy and the multi-class confusion matrix use the argmax
+of the class probabilities (:func:`argmax_metrics`), the decision rule MedMNIST's published ACC uses.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
+                             roc_auc_score, roc_curve)
+
+THRESHOLD_RULES = ("youden", "sens:<target>")
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Binary ROC-AUC of ``score [N]`` for ``y [N]``; NaN when ``y`` holds only one class."""
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, score))
+
+
+def per_class_auc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUC of each class: ``labels [N]``, ``probs [N, C]`` -> ``[C]`` (NaN for an absent class)."""
+    labels = np.asarray(labels)
+    return np.array([roc_auc(labels == k, probs[:, k]) for k in range(probs.shape[1])])
+
+
+def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The leaderboard's AUC: binary for ``scores [N]``, else of a table problem ``scores [N, C]`` (see module doc)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        return roc_auc(labels, scores)
+    if scores.shape[1] == 2:
+        return roc_auc(np.asarray(labels) == 1, scores[:, 1])
+    per = per_class_auc(labels, scores)
+    return float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision with the same conventions as :func:`auc_score` (macro over classes for ``C > 2``)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim == 2 and scores.shape[1] == 2:
+        labels, scores = labels == 1, scores[:, 1]
+    if scores.ndim == 1:
+        y = labels.astype(bool)
+        return float(average_precision_score(y, scores)) if y.any() else float("nan")
+    aps = [average_precision_score(labels == k, scores[:, k]) for k in range(scores.shape[1]) if (labels == k).any()]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def argmax_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """Accuracy, balanced accuracy and the ``[C, C]`` confusion matrix (rows true, columns predicted) of argmax."""
+    pred = np.argmax(probs, axis=1)
+    c = probs.shape[1]
+    return {"accuracy": float(accuracy_score(labels, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+            "confusion": confusion_matrix(labels, pred, labels=np.arange(c))}
+
+
+def parse_threshold_rule(rule: str | float) -> tuple[str, float | None]:
+    """``"youden"`` -> ``("youden", None)``; ``"sens:0.95"`` or ``0.95`` -> ``("sens", 0.95)``."""
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        kind, target = "sens", float(rule)
+    else:
+        text = str(rule).strip().lower()
+        if text == "youden":
+            return "youden", None
+        head, _, tail = text.partition(":")
+        if head not in ("sens", "sensitivity") or not tail:
+            raise ValueError(f"unknown threshold rule {rule!r}; allowed: youden, sens:<target> (e.g. sens:0.95)")
+        try:
+            kind, target = "sens", float(tail)
+        except ValueError:
+            raise ValueError(f"threshold rule {rule!r}: target sensitivity {tail!r} is not a number") from None
+    if not 0 < target <= 1:
+        raise ValueError(f"threshold rule {rule!r}: target sensitivity must be in (0, 1], got {target}")
+    return kind, target
+
+
+def choose_threshold(y_val: np.ndarray, score_val: np.ndarray, rule: str | float = "youden") -> float:
+    """Pick the operating threshold from validation data only.
+
+    ``youden`` maximises sensitivity + specificity - 1 over the validation scores; ``sens:t`` takes the
+    highest threshold whose validation sensitivity is at least ``t`` (the best specificity meeting the
+    target). Ties go to the highest threshold. ``y_val [N]``, ``score_val [N]``; NaN when ``y_val`` has one class.
+    """
+    kind, target = parse_threshold_rule(rule)
+    y_val = np.asarray(y_val).astype(bool)
+    if y_val.all() or not y_val.any():
+        return float("nan")
+    fpr, tpr, thr = roc_curve(y_val, score_val, drop_intermediate=False)
+    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # the first point is the +inf threshold: nothing positive
+    if kind == "youden":
+        i = int(np.argmax(tpr - fpr))
+    else:
+        i = int(np.argmax(tpr >= target - 1e-12))
+    return float(thr[i])
+
+
+def threshold_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
+    """Sensitivity, specificity, PPV, NPV, F1 and tp/fp/tn/fn of ``score >= threshold``; NaN where undefined."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(score) >= threshold
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
+
+    sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
+    return {"sensitivity": sens, "specificity": ratio(tn, tn + fp), "ppv": ppv, "npv": ratio(tn, tn + fn),
+            "f1": ratio(2 * tp, 2 * tp + fp + fn), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks along the last axis, tied values sharing their mean rank: ``[..., N]`` -> ``[..., N]``."""
+    x = np.asarray(x, dtype=np.float64)
+    flat = x.reshape(-1, x.shape[-1])
+    n = flat.shape[1]
+    order = np.argsort(flat, axis=1, kind="stable")
+    s = np.take_along_axis(flat, order, axis=1)
+    pos = np.broadcast_to(np.arange(n), s.shape)
+    first = np.ones(s.shape, dtype=bool)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    last = np.ones(s.shape, dtype=bool)
+    last[:, :-1] = first[:, 1:]
+    start = np.maximum.accumulate(np.where(first, pos, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty_like(s)
+    np.put_along_axis(ranks, order, (start + end) / 2 + 1, axis=1)
+    return ranks.reshape(x.shape)
+
+
+def _binary_problems(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One predictor as binary problems: ``-> (pos [T, N] bool, scores [T, N])``.
+
+    ``scores [N]`` gives T = 1; ``[N, 2]`` gives column 1 (T = 1); ``[N, C]`` gives the C one-vs-rest problems,
+    keeping only classes with both positives and negatives. Raises when no problem has both.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        pos, s = labels.astype(bool)[None], scores[None]
+    elif scores.ndim == 2 and scores.shape[1] == 2:
+        pos, s = (labels == 1)[None], scores[:, 1][None]
+    elif scores.ndim == 2:
+        pos, s = labels[None, :] == np.arange(scores.shape[1])[:, None], scores.T
+    else:
+        raise ValueError(f"scores must be [N] or [N, C], got shape {scores.shape}")
+    if s.shape[1] != labels.shape[0]:
+        raise ValueError(f"{labels.shape[0]} labels for {s.shape[1]} scores")
+    keep = pos.any(axis=1) & ~pos.all(axis=1)
+    if not keep.any():
+        raise ValueError("AUC needs both positive and negative cases; the labels hold a single class")
+    return pos[keep], s[keep]
+
+
+def _rank_auc(pos: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC from midranks: ``pos [T, N]`` bool, ``scores [..., T, N]`` -> ``[..., T]``."""
+    m = pos.sum(axis=1)
+    n = pos.shape[1] - m
+    rank_sum = np.where(pos, midranks(scores), 0.0).sum(axis=-1)
+    return (rank_sum - m * (m + 1) / 2) / (m * n)
+
+
+def stratified_bootstrap_indices(strata: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """``[n_boot, N]`` row indices; each replicate redraws every stratum (class) from itself, keeping its size.
+
+    Columns are grouped by stratum, so ``strata[idx]`` is the same for every replicate.
+    """
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for value in np.unique(strata):
+        members = np.flatnonzero(strata == value)
+        blocks.append(members[rng.integers(0, len(members), size=(n_boot, len(members)))])
+    return np.concatenate(blocks, axis=1)
+
+
+def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                  max_elements: int = 4_000_000) -> np.ndarray:
+    """AUCs of ``n_boot`` stratified bootstrap replicates: ``labels [N]``, ``scores [N]`` or ``[N, C]`` -> ``[n_boot]``.
+
+    Replicates are ranked in batches of at most ``max_elements`` scores; there is no loop per replicate.
+    """
+    labels = np.asarray(labels)
+    pos, s = _binary_problems(labels, scores)
+    strata = labels if np.asarray(scores).ndim == 2 else labels.astype(bool)
+    idx = stratified_bootstrap_indices(strata, n_boot, seed)
+    pos_b = pos[:, idx[0]] if n_boot else pos
+    step = max(1, max_elements // s.size)
+    out = [_rank_auc(pos_b, s[:, idx[i:i + step]].transpose(1, 0, 2)).mean(axis=1) for i in range(0, n_boot, step)]
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+           level: float = 0.95) -> tuple[float, float]:
+    """Percentile confidence interval of the AUC from a stratified bootstrap; ``(nan, nan)`` if ``n_boot == 0``."""
+    if n_boot <= 0:
+        return float("nan"), float("nan")
+    reps = bootstrap_auc(labels, scores, n_boot, seed)
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of K predictors on the same cases and DeLong's covariance of them (Sun & Xu 2014).
+
+    ``scores`` is ``[K, N]`` (binary, ``labels`` 0/1) or ``[K, N, C]`` (tables); returns ``(auc [K], cov [K, K])``.
+
+    For one binary problem with m positives and n negatives the placement values come from three
+    midrankings (positives alone, negatives alone, all together): ``V10 = (tz_pos - tx) / n`` and
+    ``V01 = 1 - (tz_neg - ty) / m``, and ``cov = cov(V10) / m + cov(V01) / n``. It is written here as
+    ``W @ W.T`` with one column of ``W [K, N]`` per case (its centred placement value over
+    ``sqrt(m (m - 1))`` or ``sqrt(n (n - 1))``), which is the same number. For a macro AUC each case's
+    column is the mean of its columns over the one-vs-rest problems, so cases shared between classes
+    carry the cross-class covariance; with one problem this is exactly DeLong's estimate.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim not in (2, 3):
+        raise ValueError(f"scores must be [K, N] or [K, N, C], got shape {scores.shape}")
+    labels = np.asarray(labels)
+    parts = [_binary_problems(labels, s) for s in scores]
+    pos = parts[0][0]
+    s = np.stack([p[1] for p in parts])  # [K, T, N]
+    k, t, n_cases = s.shape
+    aucs = np.empty((k, t))
+    w = np.zeros((k, t, n_cases))
+    for j in range(t):
+        p = pos[j]
+        m, n = int(p.sum()), int((~p).sum())
+        if m < 2 or n < 2:
+            raise ValueError(f"DeLong's variance needs at least 2 positives and 2 negatives, got {m} and {n}")
+        x, y = s[:, j, p], s[:, j, ~p]
+        tz = midranks(np.concatenate([x, y], axis=1))
+        v10 = (tz[:, :m] - midranks(x)) / n
+        v01 = 1.0 - (tz[:, m:] - midranks(y)) / m
+        aucs[:, j] = v10.mean(axis=1)
+        w[:, j, p] = (v10 - aucs[:, j:j + 1]) / math.sqrt(m * (m - 1))
+        w[:, j, ~p] = (v01 - aucs[:, j:j + 1]) / math.sqrt(n * (n - 1))
+    w = w.mean(axis=1)
+    return aucs.mean(axis=1), w @ w.T
+
+
+def delong_test(labels: np.ndarray, scores: np.ndarray, ref: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paired DeLong test of each predictor against predictor ``ref`` (two-sided).
+
+    ``scores [K, N]`` or ``[K, N, C]`` -> ``(auc [K], delta [K] = auc - auc[ref], p [K])``. Identical
+    predictors (zero difference, zero variance) get p = 1.
+    """
+    aucs, cov = delong_covariance(labels, scores)
+    delta = aucs - aucs[ref]
+    var = np.diag(cov) + cov[ref, ref] - 2 * cov[:, ref]
+    tiny = 1e-12 * max(1.0, float(np.abs(np.diag(cov)).max()))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(var > tiny, np.abs(delta) / np.sqrt(np.maximum(var, tiny)),
+                     np.where(np.abs(delta) < 1e-12, 0.0, np.inf))
+    p = np.array([math.erfc(v / math.sqrt(2)) for v in z])
+    return aucs, delta, p
