@@ -54,7 +54,7 @@ from ensemble.fileio import atomic_path
 from ensemble.table import ProbabilityTable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".npy")
-COMMON_OPTIONS = {"class_map": None, "header": None}
+COMMON_OPTIONS = {"header": None}
 
 
 class SubmissionError(ValueError):
@@ -176,15 +176,20 @@ def _check_options(fmt: SubmissionFormat, options: dict) -> dict:
     return {**allowed, **{k: v for k, v in options.items() if v is not None}}
 
 
-def _class_index(fmt: SubmissionFormat, table: ProbabilityTable, column: str, class_map: dict | None,
-                 required: bool = True) -> int | None:
-    """Index of the table class that feeds ``column``, found by name (``None`` if absent and not required)."""
-    class_map = class_map or {}
+def _check_class_map(table: ProbabilityTable, class_map: dict | None) -> dict:
+    class_map = dict(class_map or {})
     for cls in class_map:
         if cls not in table.classes:
             close = difflib.get_close_matches(str(cls), table.classes, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise SubmissionError(f"class_map names class {cls!r}, not in the table; {hint}table classes: {table.classes}")
+    return class_map
+
+
+def _class_index(fmt: SubmissionFormat, table: ProbabilityTable, column: str, class_map: dict | None,
+                 required: bool = True) -> int | None:
+    """Index of the table class that feeds ``column``, found by name (``None`` if absent and not required)."""
+    class_map = _check_class_map(table, class_map)
     mapped = [table.classes.index(c) for c, col in class_map.items() if col == column]
     if mapped:
         return mapped[0]
@@ -218,8 +223,9 @@ def _spell(fmt: SubmissionFormat, ids: Sequence[str]) -> list[str]:
 @register_format("isic2017", id_column="image_id", columns=("melanoma", "seborrheic_keratosis"),
                  header_optional=True, bare_ids=True,
                  aliases={"melanoma": ("mel",), "seborrheic_keratosis": ("seborrheic keratosis", "sk")},
+                 options={"class_map": None},
                  doc="ISIC 2017 Part 3: image_id,melanoma,seborrheic_keratosis (task probabilities)")
-def _build_isic2017(fmt, table, *, class_map=None, **_):
+def _build_isic2017(fmt, table, *, class_map=None):
     cols = [_class_index(fmt, table, c, class_map) for c in fmt.columns]
     return _spell(fmt, table.ids), list(fmt.columns), table.probs[:, cols]
 
@@ -234,9 +240,9 @@ ISIC2019_ALIASES = {
 
 
 @register_format("isic2019", id_column="image", columns=tuple(ISIC2019_ALIASES), bare_ids=True,
-                 aliases=ISIC2019_ALIASES, options={"unk": "zero"},
+                 aliases=ISIC2019_ALIASES, options={"unk": "zero", "class_map": None},
                  doc="ISIC 2019: image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK (UNK zero or 1 - max prob)")
-def _build_isic2019(fmt, table, *, class_map=None, unk="zero", **_):
+def _build_isic2019(fmt, table, *, class_map=None, unk="zero"):
     if unk not in ("zero", "uncertainty"):
         raise SubmissionError(f"isic2019: unk={unk!r}; allowed 'zero' or 'uncertainty' (1 - max probability)")
     values = np.zeros((len(table.ids), len(fmt.columns)))
@@ -250,9 +256,10 @@ def _build_isic2019(fmt, table, *, class_map=None, unk="zero", **_):
 
 
 @register_format("isic2020", id_column="image_name", columns=("target",), bare_ids=True,
-                 aliases={"target": ("melanoma", "mel", "malignant", "positive")}, options={"positive": None},
+                 aliases={"target": ("melanoma", "mel", "malignant", "positive")},
+                 options={"positive": None, "class_map": None},
                  doc="Kaggle SIIM-ISIC 2020: image_name,target (probability of melanoma)")
-def _build_isic2020(fmt, table, *, class_map=None, positive=None, **_):
+def _build_isic2020(fmt, table, *, class_map=None, positive=None):
     return _spell(fmt, table.ids), list(fmt.columns), _positive(fmt, table, "target", positive, class_map)[:, None]
 
 
@@ -272,9 +279,9 @@ def read_image_list(source) -> list[str]:
 
 @register_format("object-cxr", id_column="image_path", columns=("prediction",),
                  aliases={"prediction": ("foreign object", "foreign_objects", "object", "positive", "present")},
-                 options={"positive": None, "image_paths": None},
+                 options={"positive": None, "image_paths": None, "class_map": None},
                  doc="Object-CXR: image_path,prediction (probability of a foreign object)")
-def _build_object_cxr(fmt, table, *, class_map=None, positive=None, image_paths=None, **_):
+def _build_object_cxr(fmt, table, *, class_map=None, positive=None, image_paths=None):
     ids = list(table.ids)
     if image_paths is not None:
         by_stem = {bare_id(p): p for p in read_image_list(image_paths)}
@@ -284,7 +291,7 @@ def _build_object_cxr(fmt, table, *, class_map=None, positive=None, image_paths=
 
 @register_format("medmnist", id_column="index", columns=None, header=False, options={"classes": None},
                  doc="MedMNIST evaluator: header-less index,score_0,...,score_{C-1}")
-def _build_medmnist(fmt, table, *, classes=None, **_):
+def _build_medmnist(fmt, table, *, classes=None):
     cols = list(range(len(table.classes)))
     if classes is not None:
         missing = [c for c in classes if c not in table.classes]
@@ -296,10 +303,11 @@ def _build_medmnist(fmt, table, *, classes=None, **_):
     return [str(i) for i in index[order]], [f"score_{k}" for k in range(len(cols))], table.probs[order][:, cols]
 
 
-@register_format("generic", id_column="image_id", columns=None,
+@register_format("generic", id_column="image_id", columns=None, options={"class_map": None},
                  doc="image_id plus one column per table class, in table order")
-def _build_generic(fmt, table, **_):
-    return list(table.ids), list(table.classes), table.probs
+def _build_generic(fmt, table, *, class_map=None):
+    class_map = _check_class_map(table, class_map)
+    return list(table.ids), [class_map.get(c, c) for c in table.classes], table.probs
 
 
 def build_submission(table: ProbabilityTable, format: str, expected_ids: Sequence[str] | None = None,

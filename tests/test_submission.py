@@ -149,6 +149,12 @@ def test_generic_header_is_the_table_classes(tmp_path):
     t = ProbabilityTable(["img1.png", "img2.png"], ["b", "a"], [[0.25, 0.75], [1.0, 0.0]])
     path = write_submission(t, "generic", tmp_path / "s.csv")
     assert path.read_text() == "image_id,b,a\nimg1.png,0.25,0.75\nimg2.png,1,0\n"
+    renamed = build_submission(t, "generic", class_map={"a": "A"})
+    assert renamed.header == ["image_id", "b", "A"]
+    with pytest.raises(SubmissionError, match="class_map names class 'c', not in the table"):
+        build_submission(t, "generic", class_map={"c": "C"})
+    with pytest.raises(SubmissionError, match="format 'medmnist' has no option 'class_map'"):
+        build_submission(t, "medmnist", class_map={"a": "A"})
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
