@@ -112,8 +112,9 @@ def _binary(y, s) -> dict:
 def _score_isic2017(sub, truth: Path) -> dict:
     header, rows = _read_csv(truth)
     cols = [_pick(header, [c], truth, c) for c in ("melanoma", "seborrheic_keratosis")]
-    y = np.array([[float(r[c]) for c in cols] for r in rows])[_join(
-        [bare_id(i) for i in sub.ids], [bare_id(r[_pick(header, ID_COLUMNS, truth, 'id')]) for r in rows], truth)]
+    id_col = _pick(header, ID_COLUMNS, truth, "id")
+    y = np.array([[float(r[c]) for c in cols] for r in rows])
+    y = y[_join([bare_id(i) for i in sub.ids], [bare_id(r[id_col]) for r in rows], truth)]
     out = {}
     for j, task in enumerate(("melanoma", "seborrheic_keratosis")):
         s = sub.column(task)
@@ -137,8 +138,8 @@ def _score_isic2019(sub, truth: Path) -> dict:
     if not (onehot.sum(axis=1) == 1).all():
         bad = int(np.flatnonzero(onehot.sum(axis=1) != 1)[0])
         raise SubmissionError(f"{truth}: row {bad + 2} is not one-hot over {classes}: {onehot[bad].tolist()}")
-    onehot = onehot[_join([bare_id(i) for i in sub.ids],
-                          [bare_id(r[_pick(header, ID_COLUMNS, truth, 'id')]) for r in rows], truth)]
+    id_col = _pick(header, ID_COLUMNS, truth, "id")
+    onehot = onehot[_join([bare_id(i) for i in sub.ids], [bare_id(r[id_col]) for r in rows], truth)]
     y = onehot.argmax(axis=1)
     top = sub.values.max(axis=1, keepdims=True)
     undecided = (sub.values == top).sum(axis=1) > 1
@@ -229,6 +230,6 @@ def score_submission(path: str | Path, truth: str | Path, format: str, **options
     for key in options:
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
-            raise SubmissionError(f"unknown scoring option {key!r}; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"
-                                  f"allowed: {sorted(allowed)}")
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SubmissionError(f"unknown scoring option {key!r}; {hint}allowed: {sorted(allowed)}")
     return SCORERS[fmt.name](read_submission(path, fmt.name), Path(truth), **options)

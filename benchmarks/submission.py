@@ -172,7 +172,8 @@ def _check_options(fmt: SubmissionFormat, options: dict) -> dict:
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SubmissionError(f"format {fmt.name!r} has no option {key!r}; {hint}allowed: {', '.join(sorted(allowed))}")
+            raise SubmissionError(f"format {fmt.name!r} has no option {key!r}; {hint}"
+                                  f"allowed: {', '.join(sorted(allowed))}")
     return {**allowed, **{k: v for k, v in options.items() if v is not None}}
 
 
@@ -182,7 +183,8 @@ def _check_class_map(table: ProbabilityTable, class_map: dict | None) -> dict:
         if cls not in table.classes:
             close = difflib.get_close_matches(str(cls), table.classes, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SubmissionError(f"class_map names class {cls!r}, not in the table; {hint}table classes: {table.classes}")
+            raise SubmissionError(f"class_map names class {cls!r}, not in the table; {hint}"
+                                  f"table classes: {table.classes}")
     return class_map
 
 
@@ -518,18 +520,21 @@ def submit_run(run_dir: str | Path, format: str | None = None, *, entry: str | N
     """Write ``RUN_DIR/submissions/<format>-<entry>.csv`` from an entry's test table.
 
     ``entry`` defaults to the leaderboard's best validation entry; ``format`` and options
-    default to the run config's ``[submission]`` section, then to the dataset card's format.
+    default to the run config's ``[submission]`` section (its options apply only to its own
+    format), then to the dataset card's format; ``options`` given here win.
     ``expected_ids`` default to the dataset's test split when it can be opened; otherwise the
     table's own ids are used and ``checked`` says so.
     """
     run_dir = Path(run_dir)
     config = run_submission_options(run_dir)
-    fmt = format or config.pop("format", None) or _card_format(run_dir)
-    config.pop("format", None)
+    config_format = config.pop("format", None)
+    fmt = format or config_format or _card_format(run_dir)
     if fmt is None:
         raise SubmissionError(f"no submission format given and none in {run_dir}/config.json or the dataset card; "
                               f"pass --format, one of: {', '.join(sorted(FORMATS))}")
-    get_format(fmt)
+    fmt = get_format(fmt).name
+    if config_format not in (None, fmt):
+        config = {}
     options = {**config, **{k: v for k, v in options.items() if v is not None}}
     kind = None
     if entry is None:

@@ -252,6 +252,8 @@ def test_submit_run_defaults_to_the_top_entry_and_config_format(tmp_path):
     assert result.path == run / "submissions" / "isic2017-mean.csv" and result.rows == 4
     assert result.kind == "ensemble" and "not checked" in result.checked
     assert result.path.read_text().splitlines()[0] == "ISIC_0000001,0.7,0.1"
+    other = submit_run(run, "generic", entry="resnet18")
+    assert other.path.read_text().splitlines()[0] == "image_id,melanoma,nevus,seborrheic_keratosis"
 
 
 def run_cli(argv):
