@@ -392,7 +392,7 @@ def validate_submission(sub: Submission, expected_ids: Sequence[str] | None = No
                 problems.append(f"medmnist indices must be exactly 0..{n - 1} (the evaluator sorts by index and "
                                 f"compares with the split's labels); got {index[:3]}...{index[-3:]}")
     if problems:
-        raise SubmissionError(f"{fmt.name} submission is not valid, nothing written: " + "; ".join(problems))
+        raise SubmissionError(f"{fmt.name} submission is not valid: " + "; ".join(problems))
 
 
 def write_submission(table: ProbabilityTable, format: str, path: str | Path,
@@ -401,8 +401,11 @@ def write_submission(table: ProbabilityTable, format: str, path: str | Path,
 
     On any failed check nothing is written and :class:`SubmissionError` says why. Returns ``path``.
     """
-    sub = build_submission(table, format, expected_ids, **options)
     path = Path(path)
+    try:
+        sub = build_submission(table, format, expected_ids, **options)
+    except SubmissionError as e:
+        raise SubmissionError(f"{e}; nothing written to {path}") from None
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         if sub.has_header:

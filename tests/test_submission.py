@@ -176,7 +176,7 @@ def test_expected_ids_missing_and_extra_are_listed_and_nothing_is_written(tmp_pa
     expected = ["ISIC_0000001.jpg", "ISIC_0000002", "ISIC_0000003", "ISIC_0000009"]
     target = tmp_path / "s.csv"
     with pytest.raises(SubmissionError, match=r"1 expected ids missing: \['ISIC_0000009'\].*"
-                                              r"1 ids not in the expected list: \['ISIC_0000004'\]"):
+                                              r"1 ids not in the expected list: \['ISIC_0000004'\]; nothing written to "):
         write_submission(isic2017_table(), "isic2017", target, expected_ids=expected)
     assert list(tmp_path.iterdir()) == []
     write_submission(isic2017_table(), "isic2017", target, expected_ids=[*expected[:3], "ISIC_0000004"])
