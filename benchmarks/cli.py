@@ -6,9 +6,13 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
-    "zoo.commands",
-    "ensemble.commands",
-    "benchmarks.commands",
+    "zoo.cli_data",
+    "zoo.cli_models",
+    "zoo.cli_train",
+    "ensemble.cli",
+    "benchmarks.cli_leaderboard",
+    "benchmarks.cli_submit",
+    "benchmarks.cli_bench",
 )
 
 
