@@ -1,0 +1,321 @@
+"""The leaderboard of a run: every member and every ensemble, ranked by validation AUC, with test alongside.
+
+Reads ``RUN_DIR/predictions/<member>/{val,test}.csv`` and ``RUN_DIR/ensembles/<name>/{val,test}.csv``
+(probability tables) and writes ``RUN_DIR/leaderboard.csv``, ``RUN_DIR/leaderboard.md`` and
+``RUN_DIR/plots/*.png``.
+
+What each column means (the metric conventions are in :mod:`benchmarks.metrics`):
+
+* ``val_auc`` / ``test_auc``: binary AUC of the second class for two classes, macro one-vs-rest AUC for more;
+  ``*_lo`` / ``*_hi`` its stratified-bootstrap 95% CI.
+* ``delta_vs_best_member`` / ``delong_p``: test AUC minus that of the best single member (highest
+  validation AUC; ties to the first name) and the paired DeLong p-value of that difference.
+* ``threshold``, ``sensitivity`` ... ``f1``: the *primary task* (the dataset card's first view, else the
+  second class of a two-class table; none for several classes without views) at the threshold chosen
+  on validation (``youden`` or ``sens:<target>``) and applied to test.
+* ``accuracy``, ``balanced_accuracy``: argmax of the class probabilities on test.
+* ``val_<view>_auc`` / ``test_<view>_auc`` for each card view (score = sum of the view's positive classes'
+  probabilities), and ``*_views_mean_auc`` when there are several views (ISIC 2017's challenge score).
+
+Test columns stay empty where the test table is missing or unlabelled (a challenge's withheld test set).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import metrics
+from ensemble.fileio import write_text
+from ensemble.table import ProbabilityTable, align
+
+SPLITS = ("val", "test")
+SOURCES = (("member", "predictions"), ("ensemble", "ensembles"))
+
+
+@dataclass(frozen=True)
+class Task:
+    """A binary task read off class probabilities: positive = any class in ``positive`` (column indices)."""
+
+    name: str
+    positive: tuple[int, ...]
+
+    def truth(self, labels: np.ndarray) -> np.ndarray:
+        """``labels [N]`` -> ``[N]`` bool."""
+        return np.isin(labels, self.positive)
+
+    def score(self, probs: np.ndarray) -> np.ndarray:
+        """``probs [N, C]`` -> ``[N]``: the summed probability of the positive classes."""
+        return probs[:, list(self.positive)].sum(axis=1)
+
+
+@dataclass
+class Entry:
+    """One leaderboard row's inputs: its validation and (optional) test tables."""
+
+    name: str
+    kind: str
+    val: ProbabilityTable
+    test: ProbabilityTable | None
+    members: list[str] = field(default_factory=list)
+
+    @property
+    def test_labelled(self) -> bool:
+        return self.test is not None and self.test.has_labels
+
+
+@dataclass
+class Board:
+    """A built leaderboard: the frame plus what the plots and the markdown header need."""
+
+    frame: pd.DataFrame
+    entries: dict[tuple[str, str], Entry]
+    classes: list[str]
+    primary: Task | None
+    views: list[Task]
+    info: dict
+
+
+def find_entries(run_dir: str | Path) -> tuple[list[Entry], list[str]]:
+    """Every member and ensemble with a validation table, sorted by kind then name; plus notes on skipped ones."""
+    run_dir = Path(run_dir)
+    entries, notes = [], []
+    for kind, folder in SOURCES:
+        base = run_dir / folder
+        for d in sorted(p for p in base.glob("*") if p.is_dir()) if base.is_dir() else []:
+            if not (d / "val.csv").exists():
+                notes.append(f"{kind} {d.name!r} skipped: no val.csv in {d}")
+                continue
+            val = ProbabilityTable.read(d / "val.csv")
+            test = ProbabilityTable.read(d / "test.csv") if (d / "test.csv").exists() else None
+            members = [str(m) for m in val.meta.get("members", [])] if kind == "ensemble" else []
+            entries.append(Entry(d.name, kind, val, test, members))
+    if not entries:
+        raise FileNotFoundError(f"no probability tables under {run_dir / 'predictions'} or {run_dir / 'ensembles'} "
+                                f"(expected <id>/val.csv); run `medzoo train` and `medzoo ensemble` first")
+    return entries, notes
+
+
+def dataset_name(run_dir: str | Path, entries: list[Entry]) -> str | None:
+    """The dataset card name: ``config.json``'s ``dataset``, else the first table's ``meta["dataset"]``."""
+    config = Path(run_dir) / "config.json"
+    if config.exists():
+        name = json.loads(config.read_text()).get("dataset")
+        if name:
+            return str(name)
+    for e in entries:
+        if e.val.meta.get("dataset"):
+            return str(e.val.meta["dataset"])
+    return None
+
+
+def card_views(name: str | None, classes: list[str]) -> tuple[list[Task], str | None]:
+    """The card's views as tasks over ``classes``, plus a note when the card could not be loaded."""
+    if not name:
+        return [], "views skipped: no dataset named in config.json or the tables' metadata"
+    try:
+        from zoo.datasets import load_card
+        card = load_card(name)
+    except Exception as e:  # zoo.datasets may be absent or the card unreadable: the board works without views
+        return [], f"views skipped: could not load dataset card {name!r} ({type(e).__name__}: {e})"
+    tasks = []
+    for view in card.views or []:
+        unknown = [c for c in view["positive"] if c not in classes]
+        if unknown:
+            raise ValueError(f"dataset card {name!r}: view {view['name']!r} names classes {unknown} "
+                             f"that the tables lack; table classes: {classes}")
+        tasks.append(Task(str(view["name"]), tuple(classes.index(c) for c in view["positive"])))
+    return tasks, None
+
+
+def _auc_with_ci(labels, scores, bootstrap: int, seed: int) -> tuple[float, float, float]:
+    auc = metrics.auc_score(labels, scores)
+    if not math.isfinite(auc):
+        return auc, float("nan"), float("nan")
+    return (auc, *metrics.auc_ci(labels, scores, bootstrap, seed))
+
+
+def _entry_row(e: Entry, primary: Task | None, views: list[Task], rule, bootstrap: int, seed: int) -> dict:
+    nan = float("nan")
+    row = {"entry": e.name, "kind": e.kind}
+    val_ok = e.val.has_labels
+    row["val_auc"], row["val_auc_lo"], row["val_auc_hi"] = (
+        _auc_with_ci(e.val.labels, e.val.probs, bootstrap, seed) if val_ok else (nan, nan, nan))
+    t = e.test if e.test_labelled else None
+    row["test_auc"], row["test_auc_lo"], row["test_auc_hi"] = (
+        _auc_with_ci(t.labels, t.probs, bootstrap, seed) if t else (nan, nan, nan))
+    row["delta_vs_best_member"] = row["delong_p"] = nan
+    row["test_ap"] = metrics.average_precision(t.labels, t.probs) if t else nan
+    thr = nan
+    if primary and val_ok:
+        thr = metrics.choose_threshold(primary.truth(e.val.labels), primary.score(e.val.probs), rule)
+    row["threshold"] = thr
+    at = (metrics.threshold_metrics(primary.truth(t.labels), primary.score(t.probs), thr)
+          if t and primary and math.isfinite(thr) else {})
+    for k in ("sensitivity", "specificity", "ppv", "npv", "f1"):
+        row[k] = at.get(k, nan)
+    am = metrics.argmax_metrics(t.labels, t.probs) if t else {}
+    row["accuracy"], row["balanced_accuracy"] = am.get("accuracy", nan), am.get("balanced_accuracy", nan)
+    for split, table in (("val", e.val if val_ok else None), ("test", t)):
+        aucs = [metrics.roc_auc(v.truth(table.labels), v.score(table.probs)) if table else nan for v in views]
+        for v, a in zip(views, aucs):
+            row[f"{split}_{v.name}_auc"] = a
+        if len(views) > 1:
+            row[f"{split}_views_mean_auc"] = float(np.mean(aucs))
+    row["members"] = ", ".join(e.members)
+    return row
+
+
+def _delong_vs_best(entries: list[Entry], best: Entry, rows: list[dict], notes: list[str]) -> None:
+    """Fill ``delta_vs_best_member`` and ``delong_p`` (test) of every test-labelled entry, in place."""
+    if not best.test_labelled:
+        return
+    idx = [i for i, e in enumerate(entries) if e.test_labelled]
+    ref = next(k for k, i in enumerate(idx) if entries[i] is best)
+    _, _, probs, labels = align([entries[i].test for i in idx])
+    try:
+        _, delta, p = metrics.delong_test(labels, probs, ref)
+    except ValueError as err:
+        notes.append(f"DeLong test skipped: {err}")
+        return
+    for k, i in enumerate(idx):
+        rows[i]["delta_vs_best_member"], rows[i]["delong_p"] = float(delta[k]), float(p[k])
+
+
+def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: int = 1000, seed: int = 0,
+            sensitivity: float | None = None) -> Board:
+    """Build the leaderboard of ``run_dir`` and keep the tables it was built from (for plots).
+
+    ``sensitivity=t`` (the config's ``[leaderboard] sensitivity``) is short for ``threshold="sens:t"``.
+    """
+    run_dir = Path(run_dir)
+    if sensitivity is not None:
+        threshold = f"sens:{sensitivity}"
+    metrics.parse_threshold_rule(threshold)
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0 replicates, got {bootstrap}")
+    entries, notes = find_entries(run_dir)
+    classes = entries[0].val.classes
+    for e in entries:
+        for t in (e.val, e.test):
+            if t is not None and t.classes != classes:
+                raise ValueError(f"{e.kind} {e.name!r} has classes {t.classes}, {entries[0].name!r} has {classes}")
+    name = dataset_name(run_dir, entries)
+    views, note = card_views(name, classes)
+    notes += [note] if note else []
+    primary = views[0] if views else (Task(classes[1], (1,)) if len(classes) == 2 else None)
+    if primary is None:
+        notes.append("no primary binary task (several classes and no card views): threshold columns are empty")
+    rows = [_entry_row(e, primary, views, threshold, bootstrap, seed) for e in entries]
+    members = [i for i, e in enumerate(entries) if e.kind == "member" and math.isfinite(rows[i]["val_auc"])]
+    best = entries[min(members, key=lambda i: (-rows[i]["val_auc"], entries[i].name))] if members else None
+    if best is not None:
+        _delong_vs_best(entries, best, rows, notes)
+    frame = pd.DataFrame(rows)
+    frame["_key"] = frame["val_auc"].fillna(-np.inf)
+    frame = frame.sort_values(["_key", "entry", "kind"], ascending=[False, True, True], kind="stable")
+    frame = frame.drop(columns="_key").reset_index(drop=True)
+    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    first = entries[0]
+    info = {"run_dir": str(run_dir), "dataset": name, "threshold": str(threshold), "bootstrap": bootstrap,
+            "seed": seed, "best_member": best.name if best else None, "primary": primary.name if primary else None,
+            "n_val": len(first.val.ids), "n_test": len(first.test.ids) if first.test is not None else 0,
+            "test_labelled": first.test_labelled, "classes": classes, "notes": notes}
+    frame.attrs["info"] = info
+    return Board(frame, {(e.kind, e.name): e for e in entries}, classes, primary, views, info)
+
+
+def build_leaderboard(run_dir: str | Path, threshold: str | float = "youden", bootstrap: int = 1000,
+                      seed: int = 0, sensitivity: float | None = None) -> pd.DataFrame:
+    """The leaderboard of ``run_dir`` as a DataFrame, rank 1 first (``frame.attrs["info"]`` says how it was made)."""
+    return collect(run_dir, threshold, bootstrap, seed, sensitivity).frame
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if isinstance(x, str):
+        return x
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    return f"{x:.{digits}f}"
+
+
+def _fmt_p(p) -> str:
+    if not isinstance(p, float) or not math.isfinite(p):
+        return ""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns people read, formatted as strings (CI as ``[lo, hi]``); used by the markdown and the terminal."""
+    out = pd.DataFrame({"rank": frame["rank"].astype(str), "entry": frame["entry"], "kind": frame["kind"]})
+    out["val AUC"] = frame["val_auc"].map(_fmt)
+    show_test = frame["test_auc"].notna().any()
+    if show_test:
+        out["test AUC"] = frame["test_auc"].map(_fmt)
+        out["test 95% CI"] = [f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else ""
+                              for lo, hi in zip(frame["test_auc_lo"], frame["test_auc_hi"])]
+        out["Δ vs best member"] = frame["delta_vs_best_member"].map(lambda x: "" if not math.isfinite(x) else f"{x:+.4f}")
+        out["DeLong p"] = frame["delong_p"].map(_fmt_p)
+    else:
+        out["val 95% CI"] = [f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else ""
+                             for lo, hi in zip(frame["val_auc_lo"], frame["val_auc_hi"])]
+    view_cols = [c for c in frame.columns if c.endswith("_auc") and c.startswith(("val_", "test_"))
+                 and c not in ("val_auc", "test_auc") and (show_test or c.startswith("val_"))]
+    if show_test:
+        for name, col in (("thr", "threshold"), ("sens", "sensitivity"), ("spec", "specificity"),
+                          ("acc", "accuracy"), ("bal acc", "balanced_accuracy")):
+            if frame[col].notna().any():
+                out[name] = frame[col].map(_fmt)
+    for c in view_cols:
+        out[c.removesuffix("_auc").replace("_", " ") + " AUC"] = frame[c].map(_fmt)
+    if frame["members"].astype(bool).any():
+        out["members"] = frame["members"]
+    return out
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A markdown table with a short header saying what was measured and how."""
+    info = frame.attrs.get("info", {})
+    shown = display_frame(frame)
+    test_state = ("labelled" if info.get("test_labelled") else "unlabelled: validation only") if info.get("n_test") else "absent"
+    auc_rule = (f"binary AUC of '{info['classes'][1]}'" if len(info.get("classes", [])) == 2
+                else f"macro one-vs-rest AUC over {len(info.get('classes', []))} classes")
+    labelled = bool(info.get("test_labelled"))
+    lines = [f"# Leaderboard: {info.get('dataset') or 'unknown dataset'}", "",
+             f"- N: val {info.get('n_val')}, test {info.get('n_test')} ({test_state})",
+             f"- AUC: {auc_rule}; 95% CI from a stratified bootstrap of {info.get('bootstrap')} replicates "
+             f"(seed {info.get('seed')})",
+             "- Ranked by validation AUC" + (f"; Δ and DeLong p (paired, on test) against the best single member "
+                                              f"by validation AUC: {info.get('best_member')}" if labelled else "")]
+    if labelled and info.get("primary"):
+        lines.append(f"- Operating threshold: {info.get('threshold')} on validation, applied to test, for task "
+                     f"'{info.get('primary')}'; accuracy is argmax")
+    lines += [f"- Note: {n}" for n in info.get("notes", [])]
+    lines += ["", "| " + " | ".join(shown.columns) + " |", "|" + "|".join("---" for _ in shown.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_terminal(frame: pd.DataFrame) -> str:
+    """A plain-text table for the terminal."""
+    return display_frame(frame).to_string(index=False)
+
+
+def write_leaderboard(run_dir: str | Path, threshold: str | float = "youden", bootstrap: int = 1000, seed: int = 0,
+                      sensitivity: float | None = None, plots: bool = True) -> pd.DataFrame:
+    """Build the leaderboard and write ``leaderboard.csv``, ``leaderboard.md`` and (if ``plots``) ``plots/*.png``.
+
+    Takes the config's ``[leaderboard]`` keys as keyword arguments (``threshold`` or ``sensitivity``, ``bootstrap``).
+    """
+    run_dir = Path(run_dir)
+    board = collect(run_dir, threshold, bootstrap, seed, sensitivity)
+    write_text(run_dir / "leaderboard.csv", board.frame.to_csv(index=False))
+    write_text(run_dir / "leaderboard.md", to_markdown(board.frame))
+    if plots:
+        from benchmarks.plots import draw_board
+        board.info["plots"] = [str(p) for p in draw_board(run_dir, board)]
+    return board.frame

@@ -1,0 +1,168 @@
+"""Leaderboard figures (matplotlib, Agg, PNG): ROC curves, a confusion matrix, AUC with CIs, training curves.
+
+The drawing functions take plain arrays; :func:`draw_board` picks what to draw from a built leaderboard.
+Every figure is written atomically.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import metrics
+from ensemble.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from benchmarks.leaderboard import Board
+
+KIND_COLORS = {"member": "tab:gray", "ensemble": "tab:blue"}
+HISTORY_PANELS = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("val_auc", "validation AUC"))
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, path: str | Path) -> Path:
+    """ROC curves, one per ``(label, y [N] bool, score [N])``, each labelled with its AUC."""
+    from sklearn.metrics import roc_curve
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for label, y, score in curves:
+        fpr, tpr, _ = roc_curve(y, score)
+        ax.plot(fpr, tpr, lw=1.6, label=f"{label} (AUC {metrics.roc_auc(y, score):.4f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="black", lw=0.8)
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], title: str, path: str | Path) -> Path:
+    """A ``[C, C]`` confusion matrix (rows true, columns predicted) with counts and row fractions."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    frac = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    c = len(names)
+    fig, ax = plt.subplots(figsize=(1.4 * c + 2.2, 1.2 * c + 1.6))
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(c):
+        for j in range(c):
+            ax.text(j, i, f"{matrix[i, j]}\n{frac[i, j]:.1%}", ha="center", va="center",
+                    color="white" if frac[i, j] > 0.6 else "black", fontsize=9)
+    ax.set(xticks=range(c), yticks=range(c), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_yticklabels(names)
+    return _save(fig, Path(path))
+
+
+def plot_auc_bars(names: Sequence[str], kinds: Sequence[str], auc: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  title: str, path: str | Path, reference: float | None = None) -> Path:
+    """Horizontal AUC bars with CI whiskers, first name on top; ``reference`` draws a dashed line."""
+    plt = _pyplot()
+    auc, lo, hi = (np.asarray(a, dtype=float) for a in (auc, lo, hi))
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(7, 0.32 * n + 1.4))
+    ypos = np.arange(n)[::-1]
+    err = np.vstack([np.nan_to_num(auc - lo), np.nan_to_num(hi - auc)])
+    ax.barh(ypos, auc, xerr=err, color=[KIND_COLORS.get(k, "tab:orange") for k in kinds], capsize=3, height=0.7)
+    xlabel = "ROC-AUC (bars: point estimate, whiskers: 95% CI)"
+    if reference is not None and np.isfinite(reference):
+        ax.axvline(reference, ls="--", color="black", lw=0.8)
+        xlabel += "; dashed: best single member"
+    finite = np.concatenate([a[np.isfinite(a)] for a in (auc, lo)])
+    left = max(0.0, float(finite.min()) - 0.05) if finite.size else 0.0
+    ax.set(yticks=ypos, xlim=(left, 1.005), xlabel=xlabel, title=title)
+    ax.set_yticklabels([f"{nm} ({k})" for nm, k in zip(names, kinds)], fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_training_curves(histories: dict[str, pd.DataFrame], path: str | Path) -> Path:
+    """One panel per history column (train loss, validation loss, validation AUC), one line per member."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(HISTORY_PANELS), figsize=(5 * len(HISTORY_PANELS), 4))
+    for ax, (col, label) in zip(axes, HISTORY_PANELS):
+        for member, h in histories.items():
+            if col in h.columns:
+                ax.plot(h["epoch"], h[col], marker=".", lw=1.2, label=member)
+        ax.set(xlabel="epoch", title=label)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Training curves of the members", y=1.02)
+    return _save(fig, Path(path))
+
+
+def _split_for(board: "Board") -> str:
+    return "test" if board.info.get("test_labelled") else "val"
+
+
+def _task_arrays(board: "Board", table) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(y [N'] bool, score [N'], description)`` of the primary task, else the micro-averaged one-vs-rest."""
+    if board.primary is not None:
+        return board.primary.truth(table.labels), board.primary.score(table.probs), f"task '{board.primary.name}'"
+    onehot = table.labels[:, None] == np.arange(len(board.classes))[None, :]
+    return onehot.ravel(), table.probs.ravel(), "micro-averaged one-vs-rest"
+
+
+def draw_board(run_dir: str | Path, board: "Board") -> list[Path]:
+    """Draw every leaderboard figure into ``run_dir/plots``; returns the files written."""
+    out = Path(run_dir) / "plots"
+    frame, split = board.frame, _split_for(board)
+    order = [(r.kind, r.entry) for r in frame.itertuples()]
+    scored = [k for k in order if (board.entries[k].test_labelled if split == "test" else board.entries[k].val.has_labels)]
+    best = board.info.get("best_member")
+    pick = [k for k in scored if k[0] == "ensemble"][:3] + [k for k in scored if k == ("member", best)]
+    written = []
+    if pick:
+        curves = []
+        for kind, name in pick:
+            t = getattr(board.entries[(kind, name)], split)
+            y, score, what = _task_arrays(board, t)
+            curves.append((f"{name}" + (" (best member)" if kind == "member" else ""), y, score))
+        withheld = " (test labels withheld)" if split == "val" and board.info.get("n_test") else ""
+        written.append(plot_roc(curves, f"ROC on {split}{withheld}, {what}", out / "roc.png"))
+    if scored:
+        top = scored[0]
+        e = board.entries[top]
+        t = getattr(e, split)
+        row = frame[(frame["kind"] == top[0]) & (frame["entry"] == top[1])].iloc[0]
+        if len(board.classes) == 2 and board.primary is not None and np.isfinite(row["threshold"]):
+            p = board.primary
+            y, score = p.truth(t.labels), p.score(t.probs)
+            m = metrics.threshold_metrics(y, score, row["threshold"])
+            matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+            names = [board.classes[1 - p.positive[0]], board.classes[p.positive[0]]]
+            how = f"threshold {row['threshold']:.4g} ({board.info['threshold']} on val)"
+        else:
+            matrix, names, how = metrics.argmax_metrics(t.labels, t.probs)["confusion"], board.classes, "argmax"
+        written.append(plot_confusion(matrix, names, f"{top[1]} on {split}, {how}", out / "confusion.png"))
+    col = f"{split}_auc"
+    shown = frame[frame[col].notna()]
+    if len(shown):
+        ref = shown.loc[(shown["kind"] == "member") & (shown["entry"] == best), col]
+        written.append(plot_auc_bars(list(shown["entry"]), list(shown["kind"]), shown[col], shown[f"{col}_lo"],
+                                     shown[f"{col}_hi"], f"{split} ROC-AUC with stratified-bootstrap 95% CI",
+                                     out / "auc_ci.png", float(ref.iloc[0]) if len(ref) else None))
+    histories = {}
+    for d in sorted((Path(run_dir) / "members").glob("*/history.csv")):
+        h = pd.read_csv(d)
+        if len(h) and "epoch" in h.columns:
+            histories[d.parent.name] = h
+    if histories:
+        written.append(plot_training_curves(histories, out / "training_curves.png"))
+    return written
