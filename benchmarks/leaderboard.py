@@ -33,7 +33,6 @@ from benchmarks import metrics
 from ensemble.fileio import write_text
 from ensemble.table import ProbabilityTable, align
 
-SPLITS = ("val", "test")
 SOURCES = (("member", "predictions"), ("ensemble", "ensembles"))
 
 
@@ -292,8 +291,10 @@ def to_markdown(frame: pd.DataFrame) -> str:
              "- Ranked by validation AUC" + (f"; Δ and DeLong p (paired, on test) against the best single member "
                                               f"by validation AUC: {info.get('best_member')}" if labelled else "")]
     if labelled and info.get("primary"):
-        lines.append(f"- Operating threshold: {info.get('threshold')} on validation, applied to test, for task "
-                     f"'{info.get('primary')}'; accuracy is argmax")
+        lines.append(f"- Sensitivity, specificity: task '{info.get('primary')}' at the threshold chosen on validation "
+                     f"({info.get('threshold')}), applied to test")
+    if labelled:
+        lines.append("- Accuracy, balanced accuracy: argmax of the class probabilities")
     lines += [f"- Note: {n}" for n in info.get("notes", [])]
     lines += ["", "| " + " | ".join(shown.columns) + " |", "|" + "|".join("---" for _ in shown.columns) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]

@@ -22,8 +22,6 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
                              roc_auc_score, roc_curve)
 
-THRESHOLD_RULES = ("youden", "sens:<target>")
-
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """Binary ROC-AUC of ``score [N]`` for ``y [N]``; NaN when ``y`` holds only one class."""
@@ -193,7 +191,7 @@ def stratified_bootstrap_indices(strata: np.ndarray, n_boot: int, seed: int = 0)
 
 
 def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                  max_elements: int = 4_000_000) -> np.ndarray:
+                  max_elements: int = 2_000_000) -> np.ndarray:
     """AUCs of ``n_boot`` stratified bootstrap replicates: ``labels [N]``, ``scores [N]`` or ``[N, C]`` -> ``[n_boot]``.
 
     Replicates are ranked in batches of at most ``max_elements`` scores; there is no loop per replicate.
