@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from benchmarks import metrics
 from ensemble.fileio import write_text
@@ -185,6 +186,23 @@ def _delong_vs_best(entries: list[Entry], best: Entry, rows: list[dict], notes: 
         rows[i]["delta_vs_best_member"], rows[i]["delong_p"] = float(delta[k]), float(p[k])
 
 
+def _share_labels(entries: list[Entry]) -> None:
+    """Give every table the labels any table of the same split knows (an ensemble table may omit them), in place.
+
+    Raises, naming the entry, when the tables of a split cover different images or disagree on a label.
+    """
+    for split in ("val", "test"):
+        tables = [getattr(e, split) for e in entries if getattr(e, split) is not None]
+        if not tables or all(t.has_labels for t in tables) or not any((t.labels >= 0).any() for t in tables):
+            continue
+        ids, _, _, labels = align(tables)
+        for e in entries:
+            t = getattr(e, split)
+            if t is not None and not t.has_labels:
+                t = t.select(ids)
+                setattr(e, split, ProbabilityTable(ids, t.classes, t.probs, labels, t.meta))
+
+
 def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: int = 1000, seed: int = 0,
             sensitivity: float | None = None) -> Board:
     """Build the leaderboard of ``run_dir`` and keep the tables it was built from (for plots).
@@ -203,13 +221,15 @@ def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: i
         for t in (e.val, e.test):
             if t is not None and t.classes != classes:
                 raise ValueError(f"{e.kind} {e.name!r} has classes {t.classes}, {entries[0].name!r} has {classes}")
+    _share_labels(entries)
     name = dataset_name(run_dir, entries)
     views, note = card_views(name, classes)
     notes += [note] if note else []
     primary = views[0] if views else (Task(classes[1], (1,)) if len(classes) == 2 else None)
     if primary is None:
         notes.append("no primary binary task (several classes and no card views): threshold columns are empty")
-    rows = [_entry_row(e, primary, views, threshold, bootstrap, seed) for e in entries]
+    rows = [_entry_row(e, primary, views, threshold, bootstrap, seed)
+            for e in tqdm(entries, desc="leaderboard", unit="entry", leave=False, disable=len(entries) < 10)]
     members = [i for i, e in enumerate(entries) if e.kind == "member" and math.isfinite(rows[i]["val_auc"])]
     best = entries[min(members, key=lambda i: (-rows[i]["val_auc"], entries[i].name))] if members else None
     if best is not None:

@@ -142,6 +142,14 @@ def test_binary_plots_are_written(tmp_path):
         assert (run / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_an_ensemble_table_without_labels_gets_them_from_the_members(tmp_path):
+    run = binary_run(tmp_path)
+    probs = np.stack([1 - (A + B) / 2, (A + B) / 2], axis=1)
+    put(run, "ensemble", "mean", "test", BINARY, probs, None, members=["a", "b"])
+    frame = build_leaderboard(run, bootstrap=0).set_index("entry")
+    assert frame.loc["mean", "test_auc"] == 11.5 / 16
+
+
 def test_missing_tables_and_bad_rule_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no probability tables"):
         build_leaderboard(tmp_path)
