@@ -1,0 +1,176 @@
+import argparse
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.inception import InceptionAux
+
+from zoo import cli_models
+from zoo.models import (
+    IMAGENET_MEAN, IMAGENET_STD, SmallInputInceptionAux, adapt_first_conv, create_model, forward_logits,
+    head_parameters, imagenet_weights_path, list_models, model_info, register, set_backbone_trainable,
+)
+
+EXPECTED = (
+    [f"resnet{d}" for d in (18, 34, 50, 101, 152)] + [f"densenet{d}" for d in (121, 161, 169, 201)]
+    + [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
+    + ["inception_v3", "squeezenet1_0", "squeezenet1_1"]
+)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_registry_holds_exactly_the_zoo():
+    assert list_models() == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_trains_one_tiny_batch_at_min_size(name):
+    torch.manual_seed(0)
+    size = model_info(name).min_size
+    model = create_model(name, num_classes=3).train()
+    x = torch.rand(2, 3, size, size)
+    logits, aux = forward_logits(model, x)
+    assert logits.shape == (2, 3)
+    assert (aux is not None) == (name == "inception_v3")
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2]))
+    if aux is not None:
+        assert aux.shape == (2, 3)
+        loss = loss + 0.4 * torch.nn.functional.cross_entropy(aux, torch.tensor([0, 2]))
+    loss.backward()
+    assert torch.isfinite(logits).all() and torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is not None for p in head_parameters(model, name))
+
+
+def test_metadata():
+    inception = model_info("inception_v3")
+    assert (inception.family, inception.min_size, inception.default_size) == ("inception", 75, 299)
+    r50 = model_info("resnet50")
+    assert (r50.family, r50.min_size, r50.default_size, r50.mean, r50.std) == (
+        "resnet", 32, 224, IMAGENET_MEAN, IMAGENET_STD)
+    assert {model_info(n).family for n in list_models()} == {"resnet", "densenet", "vgg", "inception", "squeezenet"}
+
+
+def test_heads_replaced_per_family():
+    assert create_model("resnet18", 4).fc.out_features == 4
+    assert create_model("densenet121", 4).classifier.out_features == 4
+    vgg = create_model("vgg11", 4)
+    assert vgg.classifier[6].out_features == 4 and vgg.classifier[3].out_features == 4096
+    squeeze = create_model("squeezenet1_1", 4)
+    assert squeeze.classifier[1].out_channels == 4 and squeeze.num_classes == 4
+    inception = create_model("inception_v3", 4)
+    assert inception.fc.out_features == 4 and inception.AuxLogits.fc.out_features == 4
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet5'; did you mean 'resnet50'.*known: densenet121"):
+        create_model("resnet5", 2)
+    with pytest.raises(ValueError, match=r"unknown model 'xyz'; known: "):
+        model_info("xyz")
+
+
+def test_duplicate_registration_is_an_error():
+    with pytest.raises(ValueError, match="'resnet18' is already registered"):
+        register("resnet18", "resnet")(lambda: None)
+    with pytest.raises(ValueError, match="unknown family 'transformer'"):
+        register("vit", "transformer")
+
+
+def test_small_input_aux_head_is_torchvisions_at_299px():
+    torch.manual_seed(0)
+    ours, theirs = SmallInputInceptionAux(768, 3).eval(), InceptionAux(768, 3).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 768, 17, 17)
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert ours(torch.randn(2, 768, 3, 3)).shape == (2, 3)  # 75 px input; torchvision's head fails here
+
+
+def test_adapt_first_conv_values():
+    w = torch.tensor([1.0, 2.0, 6.0]).view(1, 3, 1, 1)
+    assert adapt_first_conv(w, 1).flatten().tolist() == [9.0]
+    assert adapt_first_conv(w, 2).flatten().tolist() == [4.5, 4.5]
+
+
+def test_state_dict_file_round_trip_and_head_transfer(tmp_path):
+    torch.manual_seed(0)
+    source = create_model("resnet18", 5).eval()
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    x = torch.rand(2, 3, 32, 32)
+
+    same = create_model("resnet18", 5, pretrained=str(path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), source(x), rtol=0, atol=0)
+
+    ckpt = tmp_path / "best.pt"
+    torch.save({"model": source.state_dict(), "epoch": 3}, ckpt)
+    with pytest.warns(UserWarning, match=r"fc\.weight, fc\.bias"):
+        other = create_model("resnet18", 2, pretrained=ckpt)
+    torch.testing.assert_close(other.layer4[1].conv2.weight, source.layer4[1].conv2.weight, rtol=0, atol=0)
+    assert other.fc.weight.shape == (2, 512)
+
+    gray = create_model("resnet18", 5, pretrained=path, in_chans=1).eval()
+    g = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(gray(g), source(g.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(ValueError, match="do not fit this model"):
+        create_model("resnet34", 5, pretrained=path)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        create_model("resnet18", 5, pretrained=tmp_path / "nope.pth")
+
+
+def test_pretrained_imagenet_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path, url = imagenet_weights_path("squeezenet1_1")
+    assert path == tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        create_model("squeezenet1_1", 2, pretrained=True)
+    message = str(err.value)
+    assert str(path) in message and str(path.parent) in message and url in message
+    assert "weights='DEFAULT'" in message
+
+    torch.manual_seed(1)
+    imagenet = torchvision.models.squeezenet1_1(weights=None)
+    path.parent.mkdir(parents=True)
+    torch.save(imagenet.state_dict(), path)
+    model = create_model("squeezenet1_1", 2, pretrained=True)
+    torch.testing.assert_close(model.features[0].weight, imagenet.features[0].weight, rtol=0, atol=0)
+    assert model.classifier[1].out_channels == 2
+
+
+def test_pretrained_must_be_bool_or_path():
+    with pytest.raises(ValueError, match="pretrained must be True, False or a path, got 1"):
+        create_model("squeezenet1_1", 2, pretrained=1)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "inception_v3"])
+def test_freeze_and_unfreeze_backbone(name):
+    model = create_model(name, 2)
+    head = {id(p) for p in head_parameters(model, name)}
+    assert len(head) == (4 if name == "inception_v3" else 2)
+    set_backbone_trainable(model, name, False)
+    assert {id(p) for p in model.parameters() if p.requires_grad} == head
+    set_backbone_trainable(model, name, True)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_models_command_lists_every_model(capsys):
+    parser = argparse.ArgumentParser()
+    cli_models.register(parser.add_subparsers())
+    args = parser.parse_args(["models"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line.split() for line in lines if line.startswith("resnet18 "))
+    assert row[:5] == ["resnet18", "resnet", "11.2", "224", "32"]
+    inception = next(line.split() for line in lines if line.startswith("inception_v3 "))
+    assert inception[3:5] == ["299", "75"]
+    assert sum(line.split()[0] in EXPECTED for line in lines if line.strip()) == len(EXPECTED)
