@@ -120,7 +120,7 @@ class ProbabilityTable:
         path = Path(path)
         if not path.exists():
             raise TableError(f"no probability table at {path}")
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
         if not rows:
             raise TableError(f"{path}: empty file; expected header {','.join(FIXED_COLUMNS)},<classes...>")
@@ -134,9 +134,12 @@ class ProbabilityTable:
         if side.exists():
             meta = json.loads(side.read_text())
             named = meta.pop("classes", classes)
-            meta.pop("n", None)
+            n = meta.pop("n", None)
             if list(named) != classes:
                 raise TableError(f"{path}: columns {classes} differ from the sidecar's classes {named}")
+            if n is not None and n != len(rows) - 1:
+                raise TableError(f"{path}: the table has {len(rows) - 1} rows but its sidecar says {n}; "
+                                 f"the CSV was cut short or edited: write it again")
         body = rows[1:]
         for r, row in enumerate(body, start=2):
             if len(row) != len(header):
