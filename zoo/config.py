@@ -1,0 +1,308 @@
+"""Zoo configs: a TOML file parsed into validated, frozen dataclasses.
+
+Layout (see ``benchmarks/quick_pneumoniamnist.toml``)::
+
+    run = "pneumoniamnist"        # outputs go to results/<run>/
+    dataset = "pneumoniamnist"    # card name or path
+    seed = 0
+    device = "auto"               # auto | cpu | cuda | cuda:N
+    [train]                       # defaults for every member
+    epochs = 10
+    [train.augment]
+    hflip = true
+    [[members]]
+    model = "resnet18"
+    size = 64                     # default: the model's default input size
+    id = "resnet18"               # default: the model name
+    lr = 3e-4                     # any [train] key may be overridden per member
+
+``[ensemble]``, ``[leaderboard]``, ``[submission]`` and ``[bench]`` are kept as plain
+dicts for the layers that read them. ``dist_timeout`` (seconds a distributed collective
+may wait for a peer) and ``claim_timeout`` (seconds without a heartbeat after which another
+job may take over a member) are top-level keys.
+"""
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ensemble.fileio import write_json
+
+CHOICES = {
+    "optimizer": ("sgd", "adam", "adamw"),
+    "schedule": ("cosine", "plateau", "none"),
+    "loss": ("ce", "weighted_ce", "focal"),
+}
+SECTIONS = ("ensemble", "leaderboard", "submission", "bench")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation, applied by ``zoo.loader.BatchLoader`` on the device."""
+
+    hflip: bool = False
+    vflip: bool = False
+    rotate: float = 0.0
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    def as_loader_dict(self) -> dict | None:
+        """The loader's ``augment`` argument: ``None`` when nothing is switched on."""
+        d = asdict(self)
+        return d if any(d.values()) else None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training options for one member (``[train]`` merged with the member's overrides)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
+    label_smoothing: float = 0.0
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    patience: int = 5
+    pretrained: bool | str = False
+    freeze_backbone: bool = False
+    unfreeze_after: int = 0
+    tta: bool = False
+    amp: bool | str = "auto"
+    channels_last: bool | str = "auto"
+    accumulate: int = 1
+    sync_bn: bool = False
+    max_train_batches: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """One zoo member: a model at an input size with its training options."""
+
+    id: str
+    model: str
+    size: int
+    train: TrainConfig
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """A whole zoo run. ``train`` holds the defaults; each member carries its merged options."""
+
+    run: str
+    dataset: str
+    members: tuple[MemberConfig, ...]
+    seed: int = 0
+    device: str = "auto"
+    data_root: str | None = None
+    dist_timeout: float = 1800.0
+    claim_timeout: float = 600.0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ensemble: dict = field(default_factory=dict)
+    leaderboard: dict = field(default_factory=dict)
+    submission: dict = field(default_factory=dict)
+    bench: dict = field(default_factory=dict)
+    source: str | None = None
+
+    def member(self, member_id: str) -> MemberConfig:
+        """The member with this id; unknown ids raise naming the closest and all ids."""
+        ids = [m.id for m in self.members]
+        if member_id not in ids:
+            raise ValueError(_unknown("member", member_id, ids))
+        return self.members[ids.index(member_id)]
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict of the resolved config (what ``config.json`` holds)."""
+        return asdict(self)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
+    """Read and validate a zoo config TOML.
+
+    ``overrides`` is a nested dict merged over the file, e.g. ``{"seed": 1, "train":
+    {"epochs": 2}}``. Its ``train`` keys are applied to the defaults and, unlike the
+    file's ``[train]``, also to every member (a command-line ``--epochs 2`` means all).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no config file at {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    return parse_config(raw, overrides=overrides, source=str(path))
+
+
+def parse_config(raw: dict, overrides: dict | None = None, source: str | None = None) -> ZooConfig:
+    """Validate a config dict (the parsed TOML) into a :class:`ZooConfig`."""
+    raw = _merge(raw, overrides or {})
+    forced = dict((overrides or {}).get("train", {}))
+    top = {f.name for f in fields(ZooConfig)} - {"members", "train", "source"}
+    _check_keys(raw, top | {"members", "train"}, "the config")
+    for key in ("run", "dataset"):
+        if key not in raw:
+            raise ValueError(f"the config lacks required key {key!r} (e.g. {key} = \"pneumoniamnist\")")
+    kwargs = {k: raw[k] for k in top if k in raw}
+    for k in ("run", "dataset", "device"):
+        if k in kwargs and not isinstance(kwargs[k], str):
+            raise ValueError(f"{k} = {kwargs[k]!r}; expected a string")
+    _check_type("seed", kwargs.get("seed", 0), int)
+    _check_device(kwargs.get("device", "auto"))
+    for k in ("dist_timeout", "claim_timeout"):
+        if k in kwargs:
+            _check_type(k, kwargs[k], float)
+            if kwargs[k] <= 0:
+                raise ValueError(f"{k} = {kwargs[k]}; must be > 0 seconds")
+    for k in SECTIONS:
+        if k in kwargs and not isinstance(kwargs[k], dict):
+            raise ValueError(f"[{k}] must be a table, got {kwargs[k]!r}")
+    defaults_raw = raw.get("train", {})
+    defaults = parse_train(defaults_raw, "[train]")
+    members_raw = raw.get("members", [])
+    if not isinstance(members_raw, list) or not members_raw:
+        raise ValueError("the config has no [[members]]; add at least one, e.g. [[members]] model = \"resnet18\"")
+    members = tuple(_parse_member(m, i, defaults_raw, forced) for i, m in enumerate(members_raw))
+    seen = set()
+    for m in members:
+        if m.id in seen:
+            raise ValueError(f"member id {m.id!r} is used twice; give each [[members]] a unique id = \"...\"")
+        seen.add(m.id)
+    return ZooConfig(members=members, train=defaults, source=source, **kwargs)
+
+
+def parse_train(raw: dict, where: str) -> TrainConfig:
+    """Validate a ``[train]``-like table into :class:`TrainConfig` (missing keys take defaults)."""
+    allowed = [f.name for f in fields(TrainConfig)]
+    _check_keys(raw, allowed, where)
+    values = {}
+    for f in fields(TrainConfig):
+        if f.name not in raw:
+            continue
+        v, name = raw[f.name], f"{where} {f.name}"
+        if f.name == "augment":
+            if not isinstance(v, dict):
+                raise ValueError(f"{name} must be a table of {[a.name for a in fields(AugmentConfig)]}")
+            v = _parse_augment(v, f"{where} augment")
+        elif f.name in CHOICES:
+            if v not in CHOICES[f.name]:
+                raise ValueError(_unknown(name, v, CHOICES[f.name]))
+        elif f.name == "pretrained":
+            if not isinstance(v, (bool, str)):
+                raise ValueError(f"{name} = {v!r}; allowed: false, true (ImageNet) or a path to weights")
+        elif f.name in ("amp", "channels_last"):
+            if v != "auto" and not isinstance(v, bool):
+                raise ValueError(f"{name} = {v!r}; allowed: \"auto\", true, false")
+        else:
+            v = _check_type(name, v, type(f.default))
+        values[f.name] = v
+    cfg = TrainConfig(**values)
+    _check_ranges(cfg, where)
+    return cfg
+
+
+def save_config(cfg: ZooConfig, run_dir: str | Path) -> Path:
+    """Write the resolved config to ``run_dir/config.json`` (atomically)."""
+    return write_json(Path(run_dir) / "config.json", cfg.to_dict())
+
+
+def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberConfig:
+    where = f"[[members]] #{i + 1}"
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise ValueError(f"{where} needs model = \"<name>\", got {raw!r}")
+    train_keys = [f.name for f in fields(TrainConfig)]
+    _check_keys(raw, ["model", "size", "id", *train_keys], where)
+    from zoo.models import list_models, model_info
+
+    model = raw["model"]
+    if model not in list_models():
+        raise ValueError(f"{where}: " + _unknown("model", model, list_models()))
+    info = model_info(model)
+    size = _check_type(f"{where} size", raw.get("size", info.default_size), int)
+    if size < info.min_size:
+        raise ValueError(f"{where}: size {size} is below {model}'s minimum input size {info.min_size}")
+    member_id = str(raw.get("id", model))
+    if not member_id or "/" in member_id or member_id.startswith("."):
+        raise ValueError(f"{where}: id {member_id!r} must be a plain folder name")
+    merged = _merge(_merge(defaults_raw, {k: v for k, v in raw.items() if k in train_keys}), forced)
+    return MemberConfig(id=member_id, model=model, size=size, train=parse_train(merged, f"{where} ({member_id})"))
+
+
+def _parse_augment(raw: dict, where: str) -> AugmentConfig:
+    _check_keys(raw, [f.name for f in fields(AugmentConfig)], where)
+    values = {f.name: _check_type(f"{where} {f.name}", raw[f.name], type(f.default))
+              for f in fields(AugmentConfig) if f.name in raw}
+    aug = AugmentConfig(**values)
+    from zoo.augment import check_config
+
+    try:
+        check_config(asdict(aug))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return aug
+
+
+def _check_ranges(cfg: TrainConfig, where: str) -> None:
+    positive = ("epochs", "batch_size", "accumulate", "lr")
+    non_negative = ("weight_decay", "momentum", "warmup_epochs", "focal_gamma", "patience",
+                    "unfreeze_after", "max_train_batches", "plateau_patience")
+    for k in positive:
+        if getattr(cfg, k) <= 0:
+            raise ValueError(f"{where} {k} = {getattr(cfg, k)}; must be > 0")
+    for k in non_negative:
+        if getattr(cfg, k) < 0:
+            raise ValueError(f"{where} {k} = {getattr(cfg, k)}; must be >= 0")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise ValueError(f"{where} label_smoothing = {cfg.label_smoothing}; allowed range [0, 1)")
+    if not 0 < cfg.plateau_factor < 1:
+        raise ValueError(f"{where} plateau_factor = {cfg.plateau_factor}; allowed range (0, 1)")
+
+
+def _check_type(name: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{name} = {value!r}; expected {kind.__name__}")
+    return value
+
+
+def _check_device(device: str) -> None:
+    if device in ("auto", "cpu", "cuda"):
+        return
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return
+    raise ValueError(f"device = {device!r}; allowed: auto, cpu, cuda, cuda:N")
+
+
+def _check_keys(raw: dict, allowed, where: str) -> None:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a table, got {raw!r}")
+    for k in raw:
+        if k not in allowed:
+            raise ValueError(f"{where}: " + _unknown("key", k, sorted(allowed)))
+
+
+def _unknown(kind: str, value: Any, known) -> str:
+    known = [str(k) for k in known]
+    close = difflib.get_close_matches(str(value), known, n=1)
+    hint = f" did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {value!r};{hint} allowed: {', '.join(known)}"
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Deep merge of nested dicts; ``over`` wins."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
