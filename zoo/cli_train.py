@@ -1,0 +1,106 @@
+"""``medzoo train``, ``medzoo predict`` and ``medzoo status``."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the zoo (or some members) of a config into results/<run>/",
+        description="Train every member of a zoo config (or those named with --member) and write, per member, "
+                    "best.pt/last.pt/history.csv/curves.png and validation/test probability tables. Rerunning "
+                    "resumes: finished members are skipped, an interrupted one continues from last.pt. Several "
+                    "jobs may share one run folder (a claim file per member keeps them apart). For one member "
+                    "on several GPUs or processes: torchrun --nproc-per-node N -m benchmarks.cli train CONFIG "
+                    "--member ID.",
+    )
+    p.add_argument("config", help="zoo config TOML, e.g. benchmarks/quick_pneumoniamnist.toml")
+    p.add_argument("--member", action="append", dest="members", metavar="ID",
+                   help="train only this member id (repeatable)")
+    p.add_argument("--results", default="results", help="folder that holds run folders (default: results)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs for every member")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "predict",
+        help="probability table for new images from one checkpoint",
+        description="Predict class probabilities for image files or folders of images with a medzoo checkpoint "
+                    "(best.pt; it stores the model, classes, input size and normalisation). Ids are the file "
+                    "names without extension.",
+    )
+    p.add_argument("checkpoint", help="a medzoo checkpoint, e.g. results/<run>/members/<id>/best.pt")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--out", help="write the table to this CSV (+ .json sidecar); default: print it")
+    p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
+        "status",
+        help="state of each member of a run: pending, running, done, failed",
+        description="Show each member of a run folder: pending, running (host, pid, since), done (val AUC, "
+                    "minutes), failed (error from failed.json) or stale (its job stopped; rerun to resume).",
+    )
+    p.add_argument("run_dir", help="a run folder, e.g. results/pneumoniamnist")
+    p.set_defaults(func=_status)
+
+
+def _train(args) -> int:
+    from zoo.config import load_config
+    from zoo.train import train_zoo
+
+    overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
+    cfg = load_config(args.config, overrides)
+    results = train_zoo(cfg, members=args.members, results_dir=args.results)
+    print(f"\n{'member':<20} {'status':<17} {'val AUC':>8} {'test AUC':>8} {'minutes':>8}")
+    for r in results:
+        print(f"{r['member']:<20} {r['status']:<17} {_num(r.get('val_auc')):>8} {_num(r.get('test_auc')):>8} "
+              f"{_num(r.get('minutes'), 1):>8}")
+    failed = [r["member"] for r in results if r["status"] == "failed"]
+    if failed:
+        print(f"medzoo train: {len(failed)} member(s) failed: {', '.join(failed)} (see members/<id>/failed.json)",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predict(args) -> int:
+    from zoo.predict import predict
+
+    table = predict(args.checkpoint, args.images, out=args.out, tta=args.tta, device=args.device)
+    if args.out:
+        print(f"wrote {len(table.ids)} rows to {args.out}")
+        return 0
+    print(",".join(["image_id", *table.classes]))
+    for i, row in zip(table.ids, table.probs):
+        print(",".join([i, *(f"{v:.6f}" for v in row)]))
+    return 0
+
+
+def _status(args) -> int:
+    from zoo.train import status
+
+    rows = status(args.run_dir)
+    if not rows:
+        print(f"{args.run_dir}: no members yet")
+        return 0
+    for r in rows:
+        print(f"{r['member']:<20} {r['model'] or '?':<14} {r['state']:<8} {_detail(r)}")
+    return 0
+
+
+def _detail(r: dict) -> str:
+    state = r["state"]
+    if state == "done":
+        return f"val AUC {_num(r['val_auc'])}, {_num(r['minutes'], 1)} min, {r['epoch']} epochs"
+    if state == "running":
+        return f"on {r['host']} pid {r['pid']} since {r['since']}, epoch {r['epoch']} done"
+    if state == "failed":
+        return f"{r['error']} (after {r['epoch']} epochs)"
+    if state == "stale":
+        return f"claim by {r['host']} pid {r['pid']} since {r['since']}: {r['reason']}; rerun to resume"
+    return f"resumable after epoch {r['epoch']}" if r["epoch"] else ""
+
+
+def _num(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
