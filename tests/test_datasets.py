@@ -94,6 +94,22 @@ def test_csv_label_names_find_image_folder_and_extension(tmp_path):
     assert all_labels == {"img0": 0, "img1": 1, "img2": 0}
 
 
+def test_csv_images_spread_over_two_folders_ham10000_style(tmp_path):
+    img(tmp_path / "HAM10000_images_part_1" / "ISIC_1.jpg", 1)
+    img(tmp_path / "HAM10000_images_part_2" / "ISIC_2.jpg", 2)
+    write(tmp_path / "HAM10000_metadata.csv", "lesion_id,image_id,dx\nL1,ISIC_1,nv\nL2,ISIC_2,mel\n")
+    card = {"name": "ham", "format": "csv", "labels": "HAM10000_metadata.csv", "label_column": "dx",
+            "split": {"ratios": {"train": 0.5, "val": 0.5}, "group_column": "lesion_id"}}
+    ds = open_dataset(card, tmp_path)
+    paths = {k: p for s in ds.splits for k, p in zip(ds.records(s).ids, ds.records(s).paths)}
+    assert paths == {"ISIC_1": tmp_path / "HAM10000_images_part_1" / "ISIC_1.jpg",
+                     "ISIC_2": tmp_path / "HAM10000_images_part_2" / "ISIC_2.jpg"}
+    assert ds.classes == ["mel", "nv"]
+    card["images"] = ["HAM10000_images_part_1"]
+    with pytest.raises(FileNotFoundError, match=r"metadata\.csv line 3: no image for id 'ISIC_2' in .*part_1"):
+        open_dataset(card, tmp_path)
+
+
 def test_csv_integer_labels_map_to_card_classes(tmp_path):
     for k in range(4):
         img(tmp_path / "im" / f"{k}.png")

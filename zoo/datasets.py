@@ -422,45 +422,44 @@ def read_folder(card: DatasetCard, root: Path) -> tuple[list[str], dict[str, Spl
     return _finish(card, raws)
 
 
-def _list_dir(folder: Path) -> dict[str, list[str]]:
-    """``{name or stem: [file names]}`` for the image files in ``folder``."""
-    out: dict[str, list[str]] = {}
-    with os.scandir(folder) as it:
-        for e in it:
-            stem, ext = os.path.splitext(e.name)
-            if ext.lower() in IMAGE_EXTENSIONS and e.is_file():
-                out.setdefault(stem, []).append(e.name)
-                out.setdefault(e.name, []).append(e.name)
+def _list_dirs(folders: Sequence[Path]) -> dict[str, list[Path]]:
+    """``{file name or stem: [image files]}`` over the image files in ``folders``."""
+    out: dict[str, list[Path]] = {}
+    for folder in folders:
+        with os.scandir(folder) as it:
+            for e in it:
+                stem, ext = os.path.splitext(e.name)
+                if ext.lower() in IMAGE_EXTENSIONS and e.is_file():
+                    out.setdefault(stem, []).append(folder / e.name)
+                    out.setdefault(e.name, []).append(folder / e.name)
     return out
 
 
-def _find_image_dir(csv_path: Path, ids: Sequence[str]) -> Path:
-    """The folder beside ``csv_path`` (itself, or up to two levels of subfolders) holding most of ``ids``."""
+def _find_image_dirs(csv_path: Path, ids: Sequence[str]) -> list[Path]:
+    """The folders beside ``csv_path`` (itself, or up to two levels of subfolders) holding any of ``ids``."""
     base = csv_path.parent
     candidates = [base] + sorted(p for p in base.glob("*") if p.is_dir() and _visible(p))
     candidates += sorted(p for c in candidates[1:] for p in c.glob("*") if p.is_dir() and _visible(p))
-    sample = list(ids[:200])
-    scores = [sum(k in listing for k in sample) for listing in map(_list_dir, candidates)]
-    best = int(np.argmax(scores))
-    if scores[best] == 0:
+    found = [c for c in candidates if any(k in _list_dirs([c]) for k in ids)]
+    if not found:
         raise FileNotFoundError(f"{csv_path}: no folder beside it holds images named like {ids[0]!r} "
                                 f"(+ {', '.join(IMAGE_EXTENSIONS)}); set images = \"<folder>\" in the card")
-    return candidates[best]
+    return found
 
 
-def _image_paths(folder: Path, ids: Sequence[str], origins: Sequence[str]) -> list[Path]:
-    listing = _list_dir(folder)
+def _image_paths(folders: Sequence[Path], ids: Sequence[str], origins: Sequence[str]) -> list[Path]:
+    """The image file of each id: ``<folder>/<id>`` or ``<folder>/<id>.<image extension>``."""
+    listing = _list_dirs(folders)
+    where = ", ".join(map(str, folders))
     paths = []
     for k, origin in zip(ids, origins):
-        names = listing.get(k, [])
-        if len(names) > 1:
-            raise ValueError(f"{origin}: image id {k!r} matches {names} in {folder}; keep one file per id")
-        if not names and (folder / k).is_file():
-            names = [k]
-        if not names:
-            raise FileNotFoundError(f"{origin}: no image for id {k!r} in {folder} (looked for {k}"
+        found = listing.get(k) or [f / k for f in folders if (f / k).is_file()]
+        if len(found) > 1:
+            raise ValueError(f"{origin}: image id {k!r} matches {[str(p) for p in found]}; keep one file per id")
+        if not found:
+            raise FileNotFoundError(f"{origin}: no image for id {k!r} in {where} (looked for {k}"
                                     f"{{{','.join(IMAGE_EXTENSIONS)}}}); add the file or delete the row")
-        paths.append(folder / names[0])
+        paths.append(found[0])
     return paths
 
 
@@ -525,7 +524,8 @@ def _label_names(df, card: DatasetCard, where: Path, skip: set[str]) -> tuple[li
     return names, list(onehot) + ([neg] if neg and neg not in onehot else [])
 
 
-def _read_label_csv(path: Path, card: DatasetCard, split: str, images: Path | None) -> tuple[dict, list | None]:
+def _read_label_csv(path: Path, card: DatasetCard, split: str, folders: list[Path]) -> tuple[dict, list | None]:
+    """One label CSV -> raw records (label names) and, for one-hot files, the class order."""
     import pandas as pd
 
     if not path.is_file():
@@ -548,9 +548,9 @@ def _read_label_csv(path: Path, card: DatasetCard, split: str, images: Path | No
     group_col = card.raw.get("split", {}).get("group_column")
     skip = {idcol, group_col}
     names, hint = _label_names(df, card, path, skip)
-    folder = images or _find_image_dir(path, ids)
+    folders = folders or _find_image_dirs(path, ids)
     groups = [v.strip() for v in df[group_col]] if group_col in df.columns else None
-    return {"ids": ids, "names": names, "paths": _image_paths(folder, ids, origins), "origins": origins,
+    return {"ids": ids, "names": names, "paths": _image_paths(folders, ids, origins), "origins": origins,
             "groups": groups}, hint
 
 
@@ -561,16 +561,20 @@ def read_csv(card: DatasetCard, root: Path) -> tuple[list[str], dict[str, SplitR
     """
     raws, hint = {}, None
     for split, entry in _entries(card, ["labels", "images"]).items():
-        images = _resolve(root, entry["images"]) if "images" in entry else None
-        if images is not None and not images.is_dir():
-            raise FileNotFoundError(f"card {card.name!r}: image folder {images} does not exist")
+        images = entry.get("images", [])
+        folders = [_resolve(root, f) for f in ([images] if isinstance(images, str) else images)]
+        for f in folders:
+            if not f.is_dir():
+                raise FileNotFoundError(f"card {card.name!r}: image folder {f} does not exist")
         if "labels" in entry:
-            raws[split], h = _read_label_csv(_resolve(root, entry["labels"]), card, split, images)
+            raws[split], h = _read_label_csv(_resolve(root, entry["labels"]), card, split, folders)
             hint = hint or h
-        elif images is not None:
-            raws[split] = _folder_split(images, split)
+        elif folders:
+            parts = [_folder_split(f, split) for f in folders]
+            raws[split] = {k: [x for p in parts for x in p[k]] for k in ("ids", "names", "paths", "origins")}
+            _check_unique(raws[split]["ids"], raws[split]["origins"], f"split {split!r}")
             if any(n is not None for n in raws[split]["names"]):
-                raise ValueError(f"{images} has class folders; use format = \"folder\" for it")
+                raise ValueError(f"{folders[0]} has class folders; use format = \"folder\" for it")
         else:
             raise ValueError(f"card {card.name!r}: split {split!r} needs labels = \"<csv>\" and/or images = \"<folder>\"")
     return _finish(card, raws, hint)
