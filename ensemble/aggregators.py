@@ -1,0 +1,330 @@
+"""Aggregators: pure, vectorised ``probs [M, N, C] -> probs [N, C]`` over M members, N images, C classes.
+
+Every aggregator lives in the one registry :data:`AGGREGATORS`, filled by :func:`register`.
+Most are *pooled*: a per-member transform of the probabilities (features ``[M, N, F]``), a
+weighted mean over members, and a finishing map back to ``[N, C]``. Written that way, the
+same aggregator is evaluated over thousands of member subsets with one matrix product
+(:meth:`Aggregator.over_subsets`), which is what the exhaustive subset search runs on.
+
+A single member is returned unchanged by every aggregator. For most that is what the
+formula gives anyway; for the vote-based ones and ``rank_mean`` (whose output for one
+member would be one-hot votes or ranks, not the member's probabilities) it is an explicit
+identity: with one member there is nothing to combine.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from ensemble.auc import auc, class_aucs, midranks
+
+DEFAULT_TEMPERATURE = 125.0
+DEFAULT_THRESHOLD = 0.5
+TIE_TOLERANCE = 1e-9
+
+
+class Parts(NamedTuple):
+    """A pooled aggregator taken apart.
+
+    features: ``[M, N, F]`` per-member transform of the probabilities.
+    weights: ``None`` (equal), ``[M]`` or ``[M, F]`` member weights (renormalised over the members used).
+    finish: ``[..., N, F] -> [..., N, C]`` applied to the weighted mean, or ``None`` for identity.
+    """
+
+    features: np.ndarray
+    weights: np.ndarray | None
+    finish: Callable[[np.ndarray], np.ndarray] | None
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """A registered aggregator. Call it as ``agg(probs, **params)`` -> ``[N, C]``.
+
+    pooled: ``fn(probs, **params)`` returns :class:`Parts`; otherwise it returns ``[N, C]``
+    and ``subsets(probs, masks, **params)`` evaluates it over member subsets.
+    """
+
+    name: str
+    fn: Callable
+    pooled: bool
+    subsets: Callable | None
+    params: tuple[str, ...]
+    doc: str
+
+    def __call__(self, probs: np.ndarray, **params) -> np.ndarray:
+        probs = check_probs(probs)
+        self._check_params(params)
+        if self.pooled:
+            out = combine(self.fn(probs, **params), np.ones((1, probs.shape[0]), dtype=bool))[0]
+        else:
+            out = self.fn(probs, **params)
+        return probs[0].copy() if probs.shape[0] == 1 else out
+
+    def over_subsets(self, probs: np.ndarray, masks: np.ndarray, **params) -> np.ndarray:
+        """Outputs ``[S, N, C]`` for member subsets ``masks`` ``[S, M]`` (bool; row s = members in subset s)."""
+        probs = check_probs(probs)
+        self._check_params(params)
+        masks = np.asarray(masks, dtype=bool)
+        if masks.ndim != 2 or masks.shape[1] != probs.shape[0] or not masks.any(axis=1).all():
+            raise ValueError(f"masks have shape {masks.shape}; expected [S, {probs.shape[0]}] with a member in every row")
+        out = combine(self.fn(probs, **params), masks) if self.pooled else self.subsets(probs, masks, **params)
+        single = masks.sum(axis=1) == 1
+        out[single] = probs[masks[single].argmax(axis=1)]
+        return out
+
+    def _check_params(self, params: dict) -> None:
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ValueError(f"aggregator {self.name!r} got unknown parameter(s) {unknown}; "
+                             f"allowed: {list(self.params) or 'none'}")
+
+
+AGGREGATORS: dict[str, Aggregator] = {}
+
+
+def register(name: str, *, pooled: bool = True, subsets: Callable | None = None):
+    """Decorator adding an aggregator to :data:`AGGREGATORS`; a duplicate name raises."""
+    def deco(fn):
+        if name in AGGREGATORS:
+            raise ValueError(f"aggregator {name!r} is already registered")
+        if not pooled and subsets is None:
+            raise ValueError(f"aggregator {name!r} is not pooled, so it needs a subsets function")
+        params = tuple(inspect.signature(fn).parameters)[1:]
+        agg = Aggregator(name, fn, pooled, subsets, params, inspect.getdoc(fn) or "")
+        AGGREGATORS[name] = agg
+        return agg
+    return deco
+
+
+def get_aggregator(name: str) -> Aggregator:
+    """The registered aggregator ``name``; an unknown name raises with the closest match."""
+    if name not in AGGREGATORS:
+        raise ValueError(unknown_name("aggregator", name, AGGREGATORS))
+    return AGGREGATORS[name]
+
+
+def aggregate(name: str, probs: np.ndarray, **params) -> np.ndarray:
+    """Run aggregator ``name`` on ``probs`` ``[M, N, C]`` -> ``[N, C]``."""
+    return get_aggregator(name)(probs, **params)
+
+
+def unknown_name(kind: str, name: str, known) -> str:
+    """``unknown <kind> 'x'; did you mean 'y'? known: ...``."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} known: {', '.join(sorted(known))}"
+
+
+def check_probs(probs: np.ndarray) -> np.ndarray:
+    """``probs`` as float64 ``[M, N, C]``, or a clear error."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 3 or 0 in probs.shape:
+        raise ValueError(f"probs have shape {probs.shape}; expected [M members, N images, C classes], none empty")
+    return probs
+
+
+def combine(parts: Parts, masks: np.ndarray) -> np.ndarray:
+    """Weighted mean of ``parts.features`` over the members of each subset, finished: ``[S, N, C]``.
+
+    ``masks`` ``[S, M]`` bool. Weights are renormalised within each subset.
+    """
+    x, w, finish = parts
+    m, n, f = x.shape
+    mw = masks.astype(np.float64)
+    if w is not None and w.ndim == 2:
+        mw = mw[:, :, None] * w[None]
+        if (mw.sum(axis=1) <= 0).any():
+            raise ValueError("member weights sum to 0 over a subset of members; weights must have a positive sum")
+        pooled = np.stack([(mw[:, :, j] / mw[:, :, j].sum(axis=1, keepdims=True)) @ x[:, :, j] for j in range(f)], axis=-1)
+    else:
+        if w is not None:
+            mw = mw * w
+        total = mw.sum(axis=1, keepdims=True)
+        if (total <= 0).any():
+            raise ValueError("member weights sum to 0 over a subset of members; weights must have a positive sum")
+        pooled = ((mw / total) @ x.reshape(m, n * f)).reshape(-1, n, f)
+    return finish(pooled) if finish is not None else pooled
+
+
+def normalise_weights(weights, m: int, c: int) -> np.ndarray:
+    """Member weights ``[M]`` or ``[M, C]``, checked and normalised to sum to 1 over members."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim == 1 and w.shape[0] != m:
+        raise ValueError(f"got {w.shape[0]} weights, {m} members")
+    if w.ndim not in (1, 2) or (w.ndim == 2 and w.shape != (m, c)):
+        raise ValueError(f"got weights of shape {w.shape}; expected [{m}] (per member) or [{m}, {c}] (per member and class)")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights must be finite and non-negative; got {w.tolist()}")
+    total = w.sum(axis=0)
+    if (total <= 0).any():
+        raise ValueError(f"weights sum to 0 (over members); got {w.tolist()}")
+    return w / total
+
+
+def softmax_auc_weights(aucs, temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
+    """Member weights ``softmax(temperature * aucs)`` over members: ``aucs`` ``[M]`` or ``[M, C]`` -> same shape."""
+    a = np.asarray(aucs, dtype=np.float64)
+    if a.ndim not in (1, 2) or a.shape[0] == 0 or not np.isfinite(a).all():
+        raise ValueError(f"aucs must be finite, [M] or [M, C]; got shape {a.shape}")
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0; got {temperature}")
+    e = np.exp(temperature * (a - a.max(axis=0)))
+    return e / e.sum(axis=0)
+
+
+def validation_aucs(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each member's validation AUC: ``probs`` ``[M, N, C]`` -> ``[M]`` (two classes) or ``[M, C]`` one-vs-rest."""
+    probs = check_probs(probs)
+    return np.atleast_1d(auc(probs, labels)) if probs.shape[2] == 2 else class_aucs(probs, labels)
+
+
+def _thresholds(threshold, m: int) -> np.ndarray:
+    t = np.asarray(DEFAULT_THRESHOLD if threshold is None else threshold, dtype=np.float64)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != m):
+        raise ValueError(f"threshold must be one number or one per member ({m}); got shape {t.shape}")
+    return np.broadcast_to(t, (m,))[:, None]
+
+
+def _positive_votes(probs: np.ndarray, threshold, name: str) -> np.ndarray:
+    if probs.shape[2] != 2:
+        raise ValueError(f"{name} with a threshold is for two-class tasks; got {probs.shape[2]} classes")
+    return (probs[:, :, 1] >= _thresholds(threshold, probs.shape[0])).astype(np.float64)
+
+
+@register("mean")
+def mean(probs: np.ndarray) -> Parts:
+    """Plain mean over members: ``[M, N, C] -> [N, C]``."""
+    return Parts(probs, None, None)
+
+
+@register("weighted_mean")
+def weighted_mean(probs: np.ndarray, weights) -> Parts:
+    """Weighted mean, weights ``[M]`` per member or ``[M, C]`` per member and class, normalised over members."""
+    return Parts(probs, normalise_weights(weights, probs.shape[0], probs.shape[2]), None)
+
+
+@register("geometric_mean")
+def geometric_mean(probs: np.ndarray) -> Parts:
+    """Geometric mean over members per class, renormalised so each row sums to 1.
+
+    Probabilities are floored at the smallest positive float before the log, so a zero from
+    one member drives the class towards 0 without erasing the order between images.
+    """
+    return Parts(np.log(np.maximum(probs, np.finfo(np.float64).tiny)), None, _exp_normalise)
+
+
+def _exp_normalise(logs: np.ndarray) -> np.ndarray:
+    e = np.exp(logs - logs.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@register("rank_mean")
+def rank_mean(probs: np.ndarray) -> Parts:
+    """Mean over members of per-class ranks scaled to [0, 1]: ``(rank - 1) / (N - 1)``, ties averaged.
+
+    Ranks are taken over the images of the table being aggregated (0.5 when N = 1). Two
+    classes: the positive column is ranked and the negative column is ``1 - `` it, so rows
+    sum to 1. More classes: every column is ranked on its own; rows need not sum to 1.
+    """
+    m, n, c = probs.shape
+    cols = probs[:, :, 1:2] if c == 2 else probs
+    rows = cols.transpose(0, 2, 1).reshape(-1, n)
+    scaled = (midranks(rows) - 1) / (n - 1) if n > 1 else np.full(rows.shape, 0.5)
+    ranks = scaled.reshape(m, cols.shape[2], n).transpose(0, 2, 1)
+    return Parts(np.concatenate([1 - ranks, ranks], axis=2) if c == 2 else ranks, None, None)
+
+
+@register("majority_vote")
+def majority_vote(probs: np.ndarray, threshold=None) -> Parts:
+    """Vote fraction per class: the share of members voting for each class (a score, never one-hot).
+
+    Two classes: a member votes positive when ``p[1] >= threshold`` (default 0.5; one number
+    or one per member), so output ``[:, 1]`` is the fraction of positive votes. More classes:
+    a member votes for its argmax (ties go to the lowest class index); ``threshold`` is not
+    allowed.
+    """
+    if probs.shape[2] == 2:
+        v = _positive_votes(probs, threshold, "majority_vote")
+        return Parts(np.stack([1 - v, v], axis=2), None, None)
+    if threshold is not None:
+        raise ValueError(f"majority_vote takes a threshold only for two classes; got {probs.shape[2]} classes "
+                         f"(each member votes for its argmax)")
+    return Parts(np.eye(probs.shape[2])[probs.argmax(axis=2)], None, None)
+
+
+@register("majority_vote_mean")
+def majority_vote_mean(probs: np.ndarray, threshold=None) -> Parts:
+    """The seed tutorial's two-class vote: mean probability of the members on the winning side.
+
+    Each member votes positive when ``p[1] >= threshold`` (default 0.5; one number or one per
+    member). If more members vote positive, ``p[1]`` is the mean ``p[1]`` of the positive
+    voters; if more vote negative, the mean ``p[1]`` of the negative voters. Tie (an even
+    split): the mean ``p[1]`` of all members. Output rows are ``[1 - p, p]``.
+    """
+    v = _positive_votes(probs, threshold, "majority_vote_mean")
+    p = probs[:, :, 1]
+    return Parts(np.stack([v, v * p, 1 - v, (1 - v) * p, p], axis=2), None, _winning_side)
+
+
+def _winning_side(pooled: np.ndarray) -> np.ndarray:
+    """``[..., N, 5]`` pooled (positive share, its p sum, negative share, its p sum, mean p) -> ``[..., N, 2]``."""
+    pos, pos_p, neg, neg_p, all_p = np.moveaxis(pooled, -1, 0)
+    diff = pos - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(diff > TIE_TOLERANCE, pos_p / pos, np.where(diff < -TIE_TOLERANCE, neg_p / neg, all_p))
+    return np.stack([1 - p, p], axis=-1)
+
+
+@register("softmax_auc")
+def softmax_auc(probs: np.ndarray, aucs, temperature: float = DEFAULT_TEMPERATURE) -> Parts:
+    """Weighted mean with weights ``softmax(temperature * aucs)`` over members.
+
+    ``aucs``: validation AUCs, ``[M]`` (one per member; two classes) or ``[M, C]`` (per-class
+    one-vs-rest AUCs, giving per-class weights). See :func:`validation_aucs`.
+    """
+    a = np.asarray(aucs, dtype=np.float64)
+    if a.shape not in ((probs.shape[0],), probs.shape[::2]):
+        raise ValueError(f"got aucs of shape {a.shape}; expected [{probs.shape[0]}] or [{probs.shape[0]}, {probs.shape[2]}] "
+                         f"for {probs.shape[0]} members and {probs.shape[2]} classes")
+    return Parts(probs, softmax_auc_weights(a, temperature), None)
+
+
+def _median_subsets(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Median over the members of each subset, ``[S, N, C]``, without gathering each subset.
+
+    Members are ordered per image and class once (ties by member index); ``below[m]`` is the
+    bitmask of members ordered before ``m``. In a subset of k members, the one with
+    ``popcount(below & subset) == j`` is its j-th smallest.
+    """
+    m = probs.shape[0]
+    if m > 62:
+        raise ValueError(f"median over subsets supports at most 62 members; got {m}")
+    order = np.argsort(probs, axis=0, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(m).reshape(m, 1, 1), axis=0)
+    member_bits = np.uint64(1) << np.arange(m, dtype=np.uint64)
+    below = np.zeros(probs.shape, dtype=np.uint64)
+    for other in range(m):
+        below |= np.where(rank[other] < rank, member_bits[other], np.uint64(0))
+    out = np.empty((masks.shape[0],) + probs.shape[1:])
+    for s, mask in enumerate(masks):
+        members = np.flatnonzero(mask)
+        bits = np.uint64(member_bits[members].sum())
+        k = members.size
+        lo, hi = (k - 1) // 2, k // 2
+        total = np.zeros(probs.shape[1:])
+        for j in members:
+            count = np.bitwise_count(below[j] & bits)
+            total += probs[j] * ((count == lo).astype(np.float64) + (count == hi))
+        out[s] = total / 2
+    return out
+
+
+@register("median", pooled=False, subsets=_median_subsets)
+def median(probs: np.ndarray) -> np.ndarray:
+    """Per-class median over members (mean of the two middle values for an even count); rows need not sum to 1."""
+    return np.median(probs, axis=0)
