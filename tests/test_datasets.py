@@ -130,9 +130,10 @@ def isic2017_tree(root: Path) -> dict:
         img(root / "Training_Data" / f"ISIC_{k}.jpg")
     for k in (7, 8):
         img(root / "Test_Data" / f"ISIC_{k}.jpg")
+        img(root / "Test_Data" / f"ISIC_{k}_superpixels.png")
     write(root / "Training_Data" / "ISIC_1_superpixels.txt", "not an image")
     return {"name": "mini2017", "format": "csv", "classes": ["melanoma", "seborrheic_keratosis", "nevus"],
-            "negative_class": "nevus", "submission": "isic2017",
+            "negative_class": "nevus", "submission": "isic2017", "exclude": ["*_superpixels.png"],
             "views": [{"name": "melanoma", "positive": ["melanoma"]}],
             "splits": {"train": {"labels": "GT_train.csv"}, "test": {"images": "Test_Data"}}}
 
@@ -316,7 +317,7 @@ def test_inspect_command_prints_counts_and_draws_png(tmp_path, capsys):
     isic2017_tree(tmp_path)
     (tmp_path / "mini.toml").write_text(
         'name = "mini2017"\nformat = "csv"\nclasses = ["melanoma", "seborrheic_keratosis", "nevus"]\n'
-        'negative_class = "nevus"\n[splits.train]\nlabels = "GT_train.csv"\n'
+        'negative_class = "nevus"\nexclude = ["*_superpixels.png"]\n[splits.train]\nlabels = "GT_train.csv"\n'
         '[splits.test]\nimages = "Test_Data"\n')
     parser = argparse.ArgumentParser(prog="medzoo")
     cli_data.register(parser.add_subparsers(dest="command"))

@@ -9,6 +9,7 @@ split as ``uint8`` arrays at a training size, through the on-disk cache of :mod:
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import os
 import re
@@ -24,7 +25,7 @@ import numpy as np
 
 from ensemble.fileio import atomic_path
 from zoo.cache import IMAGE_EXTENSIONS, PROJECT_DIR, cached_images, load_images, resize_array
-from zoo.splits import (SPLIT_NAMES, check_ratios, read_split_csv, split_name, stratified_folds,
+from zoo.splits import (SPLIT_ALIASES, SPLIT_NAMES, check_ratios, read_split_csv, split_name, stratified_folds,
                         stratified_split, write_split_csv)
 
 __all__ = ["DatasetCard", "Dataset", "SplitRecords", "SplitArrays", "load_card", "open_dataset",
@@ -35,7 +36,7 @@ CARD_DIR = PROJECT_DIR / "data"
 FORMATS = ("folder", "csv", "npz")
 CARD_KEYS = {"name", "format", "description", "citation", "license", "source", "classes", "submission",
              "views", "root", "file", "url", "md5", "sha256", "labels", "images", "id_column",
-             "label_column", "onehot", "negative_class", "splits", "split"}
+             "label_column", "onehot", "negative_class", "exclude", "splits", "split"}
 SPLIT_KEYS = {"seed", "ratios", "folds", "fold", "group_column", "group_pattern", "group_file", "pool",
               "assignment"}
 ENTRY_KEYS = {"root", "labels", "images"}
@@ -360,8 +361,10 @@ def _visible(p: Path) -> bool:
     return not p.name.startswith((".", "__"))
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
+def _image_files(folder: Path, exclude: Sequence[str] = ()) -> list[Path]:
+    """Image files in ``folder``, sorted, without those matching an ``exclude`` glob; warns about others."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p)
+                   and not any(fnmatch.fnmatch(p.name, pat) for pat in exclude))
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     if len(images) < len(files):
         other = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
@@ -370,9 +373,10 @@ def _image_files(folder: Path) -> list[Path]:
     return images
 
 
-def _folder_split(folder: Path, split: str) -> dict:
+def _folder_split(folder: Path, split: str, exclude: Sequence[str] = ()) -> dict:
+    """Raw records of one split folder: class subfolders, or loose images (unlabeled)."""
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
-    loose = _image_files(folder)
+    loose = _image_files(folder, exclude)
     if subdirs and loose:
         raise ValueError(f"{folder} holds both class folders ({subdirs[0].name}, ...) and loose images "
                          f"({loose[0].name}, ...); put every image in a class folder, or none for an unlabeled split")
@@ -380,7 +384,7 @@ def _folder_split(folder: Path, split: str) -> dict:
     if subdirs:
         files, names = [], []
         for d in subdirs:
-            found = _image_files(d)
+            found = _image_files(d, exclude)
             files += found
             names += [d.name] * len(found)
     if not files:
@@ -393,7 +397,7 @@ def _folder_split(folder: Path, split: str) -> dict:
 
 def read_folder(card: DatasetCard, root: Path) -> tuple[list[str], dict[str, SplitRecords]]:
     """``root/<split>/<class>/*.jpg`` (split folders train/val/test or aliases) or ``root/<class>/*``."""
-    raws = {}
+    raws, exclude = {}, card.raw.get("exclude", [])
     for split, entry in _entries(card, ["root"]).items():
         if "root" not in entry:
             raise ValueError(f"card {card.name!r}: split {split!r} needs root = \"<image folder>\"")
@@ -402,13 +406,13 @@ def read_folder(card: DatasetCard, root: Path) -> tuple[list[str], dict[str, Spl
             raise FileNotFoundError(f"card {card.name!r}: image folder {top} does not exist; put the images "
                                     f"there or set MEDZOO_DATA / --data-root to the folder that holds {entry.get('root')}")
         if split != "all":
-            raws[split] = _folder_split(top, split)
+            raws[split] = _folder_split(top, split, exclude)
             continue
         subdirs = [p for p in sorted(top.iterdir()) if p.is_dir() and _visible(p)]
         names = {p: p.name.lower() for p in subdirs}
-        split_dirs = [p for p in subdirs if names[p] in SPLIT_NAMES or names[p] in ("training", "valid", "validation", "testing")]
+        split_dirs = [p for p in subdirs if names[p] in SPLIT_NAMES or names[p] in SPLIT_ALIASES]
         if not split_dirs:
-            raws["all"] = _folder_split(top, "all")
+            raws["all"] = _folder_split(top, "all", exclude)
             continue
         others = [p.name for p in subdirs if p not in split_dirs]
         if others:
@@ -418,7 +422,7 @@ def read_folder(card: DatasetCard, root: Path) -> tuple[list[str], dict[str, Spl
             s = split_name(p.name)
             if s in raws:
                 raise ValueError(f"{top}: two folders for split {s!r}; keep one")
-            raws[s] = _folder_split(p, s)
+            raws[s] = _folder_split(p, s, exclude)
     return _finish(card, raws)
 
 
@@ -570,7 +574,7 @@ def read_csv(card: DatasetCard, root: Path) -> tuple[list[str], dict[str, SplitR
             raws[split], h = _read_label_csv(_resolve(root, entry["labels"]), card, split, folders)
             hint = hint or h
         elif folders:
-            parts = [_folder_split(f, split) for f in folders]
+            parts = [_folder_split(f, split, card.raw.get("exclude", [])) for f in folders]
             raws[split] = {k: [x for p in parts for x in p[k]] for k in ("ids", "names", "paths", "origins")}
             _check_unique(raws[split]["ids"], raws[split]["origins"], f"split {split!r}")
             if any(n is not None for n in raws[split]["names"]):
@@ -617,7 +621,6 @@ def ensure_file(card: DatasetCard, root: Path) -> Path:
         try:
             with urllib.request.urlopen(url, timeout=20) as r, atomic_path(path) as tmp:
                 tmp.write_bytes(r.read())
-                _VERIFIED.clear()
                 if not _checksum_ok(tmp, card):
                     raise ValueError(f"downloaded {url} but its checksum does not match the card {card.name!r}; "
                                      f"try again or download it by hand to {path}")
