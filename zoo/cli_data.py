@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tomllib
+import warnings
 from pathlib import Path
 
 
@@ -99,7 +101,11 @@ def plot_counts(dataset, path: str | Path) -> Path:
 def inspect_command(args: argparse.Namespace) -> int:
     from zoo.datasets import open_dataset
 
-    ds = open_dataset(args.card, args.data_root, parse_overrides(args.overrides))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = open_dataset(args.card, args.data_root, parse_overrides(args.overrides))
+    for w in caught:
+        print(f"medzoo data: warning: {w.message}", file=sys.stderr)
     how = "given by the data" if ds.made is None else f"made: {ds.made}"
     print(f"{ds.name}: {len(ds.classes)} classes, format {ds.card.format}, data root {ds.root}, splits {how}")
     if ds.card.views:
