@@ -157,8 +157,12 @@ def test_shards_are_disjoint_equal_and_cover_the_split(n, world):
 
 def test_channels_last_and_bad_inputs():
     images, labels = make_split()
-    x, _, _ = next(iter(BatchLoader(images, labels, 4, shuffle=False, channels_last=True)))
-    assert x.is_contiguous(memory_format=torch.channels_last)
+    plain, _, _ = next(iter(BatchLoader(images, labels, 4, shuffle=False)))
+    for augment in (None, {"hflip": 0.0, "brightness": 0.0}, {"rotate": 10}):
+        x, _, _ = next(iter(BatchLoader(images, labels, 4, shuffle=False, channels_last=True, augment=augment)))
+        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if augment != {"rotate": 10}:
+            torch.testing.assert_close(x, plain)
     with pytest.raises(ValueError, match=r"images must be uint8 \[N, H, W, 3\], got torch.float32"):
         BatchLoader(images.astype(np.float32), labels, 4, shuffle=False)
     with pytest.raises(ValueError, match=r"labels must be \[N\] = \[10\], got \(9,\)"):

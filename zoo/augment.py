@@ -100,26 +100,26 @@ def augment_batch(x: torch.Tensor, cfg: dict | None, generator: torch.Generator,
     contrast (blend with the image's mean gray level m: x * c + (1 - c) * b * m), clamped once; warp is
     flips + rotation + random resized crop in one bilinear ``grid_sample``, filling the area it brings in
     from outside the image with 0, the mean colour after normalisation. Colour first is exact for the
-    warp (bilinear interpolation is linear) and lets the uint8 -> float conversion, jitter and
-    normalisation run as one fused multiply-add; the contrast mean is that of the whole image.
+    warp (bilinear interpolation is linear) and lets jitter and normalisation run as one multiply-add
+    in place on the float copy of x; the contrast mean is that of the whole image.
     Random parameters come from ``generator`` (a CPU generator), one set per image, so a batch is
     reproducible from the generator's state. ``cfg`` as ``check_config``; None or all off: normalise only.
     """
     cfg = check_config(cfg)
     n, _, h, w = x.shape
     scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
+    x = x.to(torch.float32, copy=True)  # the one float copy; everything below works in place on it
     mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     inv_std = 1.0 / torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     if cfg["brightness"] or cfg["contrast"]:
         b, c = (f.to(x.device, non_blocking=True).view(n, 1, 1, 1) for f in color_affine(n, cfg, generator))
-        gray = torch.mean(x, dim=(2, 3), dtype=torch.float32) @ torch.tensor(GRAY, device=x.device) * scale
-        gain = b * c * scale * inv_std  # [B, 3, 1, 1]: out = x * gain + offset
+        gray = x.mean(dim=(2, 3)) @ torch.tensor(GRAY, device=x.device) * scale  # [B] mean gray level in [0, 1]
+        gain = b * c * scale * inv_std  # [B, 3, 1, 1]: x * gain + offset
         offset = ((1.0 - c) * b * gray.view(n, 1, 1, 1) - mean_t) * inv_std
-        out = torch.addcmul(offset, x, gain).clamp_(-mean_t * inv_std, (1.0 - mean_t) * inv_std)
+        torch.addcmul(offset, x, gain, out=x).clamp_(-mean_t * inv_std, (1.0 - mean_t) * inv_std)
     else:
-        out = torch.addcmul(-mean_t * inv_std, x, scale * inv_std)
+        torch.addcmul(-mean_t * inv_std, x, scale * inv_std, out=x)
     if cfg["hflip"] or cfg["vflip"] or cfg["rotate"] or cfg["zoom"]:
         theta = random_affine(n, h, w, cfg, generator).to(x.device, non_blocking=True)
-        out = F.grid_sample(out, affine_grid(theta, h, w), mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-    return out
+        x = F.grid_sample(x, affine_grid(theta, h, w), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return x

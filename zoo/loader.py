@@ -42,19 +42,20 @@ class BatchLoader:
                  device: str | torch.device = "cpu", mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, augment: dict | None = None, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1, channels_last: bool = False):
-        self.images = torch.as_tensor(images)
+        self._images = torch.as_tensor(images)
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 [N, H, W, 3], got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"labels must be [N] = [{len(self.images)}], got {tuple(self.labels.shape)}")
+        if self._images.dtype != torch.uint8 or self._images.ndim != 4 or self._images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [N, H, W, 3], got {self._images.dtype} {tuple(self._images.shape)}")
+        if self.labels.shape != self._images.shape[:1]:
+            raise ValueError(f"labels must be [N] = [{len(self._images)}], got {tuple(self.labels.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        if len(self.images) == 0:
+        if len(self._images) == 0:
             raise ValueError("no images to load (the split is empty)")
-        self.images = self.images.contiguous()
+        # Stored in the memory format of the batches to come: [N, H, W, 3] is channels_last once permuted.
+        self._images = self._images.contiguous() if channels_last else self._images.permute(0, 3, 1, 2).contiguous()
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -74,7 +75,7 @@ class BatchLoader:
     def shard(self, epoch: int | None = None) -> torch.Tensor:
         """This rank's row indices for an epoch (default: the current one) -> int64 [ceil(N / world_size)]."""
         epoch = self.epoch if epoch is None else epoch
-        n = len(self.images)
+        n = len(self.labels)
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, epoch, 0)))
         else:
@@ -84,7 +85,7 @@ class BatchLoader:
         return order[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        per_rank = -(-len(self.images) // self.world_size)
+        per_rank = -(-len(self.labels) // self.world_size)
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
@@ -95,10 +96,12 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = self.shard()
         generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, 1, self.rank))
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self._to_device(self.images.index_select(0, idx))
+            x = self._to_device(self._images.index_select(0, idx))
             y = self._to_device(self.labels.index_select(0, idx))
+            if not self.channels_last:
+                yield augment_batch(x, self.augment, generator, self.mean, self.std), y, idx
+                continue
             x = augment_batch(x.permute(0, 3, 1, 2), self.augment, generator, self.mean, self.std)
-            yield x.contiguous(memory_format=memory_format), y, idx
+            yield x.contiguous(memory_format=torch.channels_last), y, idx  # grid_sample returns NCHW
