@@ -30,12 +30,18 @@ def test_hflip_and_vflip_of_a_known_image():
     torch.testing.assert_close(v[0, 1], torch.tensor([[31.0, 41.0], [11.0, 21.0]]))
     same = augment_batch(x, {"hflip": 0.0}, gen(), ZERO, ONE) * 255
     torch.testing.assert_close(same, x.float())
+    # the same flips through the warp (a rotation of at most 1e-6 degrees forces it)
+    warped = augment_batch(x, {"hflip": 1.0, "rotate": 1e-6}, gen(), ZERO, ONE) * 255
+    torch.testing.assert_close(warped, h, atol=1e-3, rtol=0)
 
 
 def test_hflip_plus_vflip_is_a_half_turn_and_flips_are_per_image():
     x = torch.randint(0, 256, (64, 3, 5, 7), dtype=torch.uint8, generator=gen(3))
+    half_turn = torch.rot90(x.float(), 2, dims=(2, 3))
     both = augment_batch(x, {"hflip": 1.0, "vflip": 1.0}, gen(), ZERO, ONE) * 255
-    torch.testing.assert_close(both, torch.rot90(x.float(), 2, dims=(2, 3)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(both, half_turn, atol=1e-4, rtol=0)
+    warped = augment_batch(x, {"hflip": 1.0, "vflip": 1.0, "rotate": 1e-6}, gen(), ZERO, ONE) * 255
+    torch.testing.assert_close(warped, half_turn, atol=1e-3, rtol=0)
     some = augment_batch(x, {"hflip": True}, gen(), ZERO, ONE) * 255
     flipped = [torch.allclose(s, xi.float().flip(-1), atol=1e-4) for s, xi in zip(some, x)]
     kept = [torch.allclose(s, xi.float(), atol=1e-4) for s, xi in zip(some, x)]
@@ -86,8 +92,13 @@ def test_brightness_and_contrast_values():
     expected = ((torch.tensor([40.0, 160.0]) - 100) * c[:, None] + 100) * b[:, None]
     torch.testing.assert_close(out[:, 0, 0], expected.clamp(0, 255), atol=1e-3, rtol=0)
     assert not torch.allclose(b, torch.ones(3)) and not torch.allclose(c, torch.ones(3))
-    bright = augment_batch(torch.full((1, 3, 1, 1), 250, dtype=torch.uint8), {"brightness": 0.9}, gen(1), ZERO, ONE)
-    assert bright.max() <= 1.0
+    b, _ = color_affine(4, check_config({"brightness": 0.9}), gen(1))
+    bright = augment_batch(torch.full((4, 3, 1, 1), 250, dtype=torch.uint8), {"brightness": 0.9}, gen(1),
+                           mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
+    raw = (250 / 255 * b).clamp(0, 1)[:, None]  # [4, 1]
+    expected = (raw - torch.tensor([0.5, 0.4, 0.3])) / torch.tensor([0.25, 0.2, 0.1])
+    torch.testing.assert_close(bright[:, :, 0, 0], expected)
+    assert (b > 1.03).any() and (b < 0.97).any()  # both clamped and unclamped images
 
 
 def test_bad_augmentation_config():

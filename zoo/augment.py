@@ -91,23 +91,39 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return grid
 
 
+def random_flips(x: torch.Tensor, cfg: dict, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of x [B, C, H, W] left-right with probability ``cfg["hflip"]``, then upside down
+    with probability ``cfg["vflip"]`` (exact index operations, any dtype) -> a new tensor like x."""
+    n = len(x)
+    for dim, p in ((3, cfg["hflip"]), (2, cfg["vflip"])):
+        if p:
+            pick = (torch.rand(n, generator=generator) < p).to(x.device, non_blocking=True).view(n, 1, 1, 1)
+            x = torch.where(pick, x.flip(dim), x)
+    return x
+
+
 def augment_batch(x: torch.Tensor, cfg: dict | None, generator: torch.Generator,
                   mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
     """Augment and normalise a batch on its device.
 
-    x: [B, 3, H, W], uint8 (0..255) or float (0..1), any memory format. Returns float32 [B, 3, H, W] in
-    x's memory format: ``warp((clamp(jitter(x), 0, 1) - mean) / std)``. jitter is brightness (x * b) then
-    contrast (blend with the image's mean gray level m: x * c + (1 - c) * b * m), clamped once; warp is
-    flips + rotation + random resized crop in one bilinear ``grid_sample``, filling the area it brings in
-    from outside the image with 0, the mean colour after normalisation. Colour first is exact for the
-    warp (bilinear interpolation is linear) and lets jitter and normalisation run as one multiply-add
-    in place on the float copy of x; the contrast mean is that of the whole image.
+    x: [B, 3, H, W], uint8 (0..255) or float (0..1), any memory format; x itself is not modified.
+    Returns float32 [B, 3, H, W] = ``warp((clamp(jitter(flip(x)), 0, 1) - mean) / std)``:
+    - jitter: brightness (x * b) then contrast (blend with the image's mean gray level m:
+      x * c + (1 - c) * b * m), clamped once; one multiply-add in place on the float copy of x.
+    - warp: flips, rotation and random resized crop in one bilinear ``grid_sample`` (after jitter and
+      normalisation, which is exact as both are per-channel affine), filling what it brings in from
+      outside the image with 0, the mean colour after normalisation. Output NCHW-contiguous.
+    - flip: only when flips are the only geometric change: exact, on the input (``random_flips``);
+      the output then keeps x's memory format.
     Random parameters come from ``generator`` (a CPU generator), one set per image, so a batch is
     reproducible from the generator's state. ``cfg`` as ``check_config``; None or all off: normalise only.
     """
     cfg = check_config(cfg)
     n, _, h, w = x.shape
     scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
+    warp = cfg["rotate"] or cfg["zoom"]
+    if not warp and (cfg["hflip"] or cfg["vflip"]):
+        x = random_flips(x, cfg, generator)  # flips alone need no resampling; cheaper on the uint8 input
     x = x.to(torch.float32, copy=True)  # the one float copy; everything below works in place on it
     mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     inv_std = 1.0 / torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
@@ -116,10 +132,12 @@ def augment_batch(x: torch.Tensor, cfg: dict | None, generator: torch.Generator,
         gray = x.mean(dim=(2, 3)) @ torch.tensor(GRAY, device=x.device) * scale  # [B] mean gray level in [0, 1]
         gain = b * c * scale * inv_std  # [B, 3, 1, 1]: x * gain + offset
         offset = ((1.0 - c) * b * gray.view(n, 1, 1, 1) - mean_t) * inv_std
-        torch.addcmul(offset, x, gain, out=x).clamp_(-mean_t * inv_std, (1.0 - mean_t) * inv_std)
+        torch.addcmul(offset, x, gain, out=x)
+        for k, (m, s) in enumerate(zip(mean, std)):  # clamp to [0, 1] before normalisation, channel by channel
+            x[:, k].clamp_(-m / s, (1.0 - m) / s)  # scalar bounds: 4x faster than [1, 3, 1, 1] tensors
     else:
         torch.addcmul(-mean_t * inv_std, x, scale * inv_std, out=x)
-    if cfg["hflip"] or cfg["vflip"] or cfg["rotate"] or cfg["zoom"]:
+    if warp:
         theta = random_affine(n, h, w, cfg, generator).to(x.device, non_blocking=True)
         x = F.grid_sample(x, affine_grid(theta, h, w), mode="bilinear", padding_mode="zeros", align_corners=False)
     return x
