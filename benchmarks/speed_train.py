@@ -1,0 +1,217 @@
+"""Training throughput: medzoo's in-memory loop against the model alone and a tutorial-style loop.
+
+In one run, for each model, with the same batch size, input size, optimizer and augmentation:
+  (a) the model alone: forward, backward and optimizer step on one batch already in memory;
+  (b) medzoo end to end: ``zoo.train.train_one_epoch`` over ``zoo.loader.BatchLoader`` fed from the
+      uint8 arrays medzoo caches (decoded and resized once), augmenting on the device;
+  (c) a tutorial-style loop: ``torchvision.datasets.ImageFolder`` over the JPEG files, PIL decode and
+      torchvision transforms for every image every epoch, ``torch.utils.data.DataLoader`` workers;
+and once: (d) medzoo's loader alone delivering augmented, normalised 224x224 batches.
+Prints images/s and the ratios b/a (the loop's overhead; 1.0 = none) and b/c (speed-up over the tutorial).
+
+    python benchmarks/speed_train.py                       # synthetic 256 px JPEGs
+    python benchmarks/speed_train.py --jpegs ../shared/data/isic2017/ISIC-2017_Training_Data
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+AUGMENT = {"hflip": True, "rotate": 10.0, "zoom": 0.1, "brightness": 0.1, "contrast": 0.1}
+
+
+def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
+    """n smooth random RGB images (bicubic-upsampled 8x8 noise plus fine noise) as JPEGs in two class folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+        img = np.clip(np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3)), 0, 255)
+        path = folder / f"class{i % 2}" / f"img{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def link_jpegs(source: Path, folder: Path, n: int) -> list[Path]:
+    """Symlink the first n JPEGs of ``source`` into two class folders (ImageFolder needs classes)."""
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[:n]
+    if not files:
+        raise FileNotFoundError(f"no .jpg files in {source}")
+    paths = []
+    for i, f in enumerate(files):
+        path = folder / f"class{i % 2}" / f.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(f.resolve())
+        paths.append(path)
+    return paths
+
+
+def tutorial_transforms(size: int, mean, std):
+    """The per-image torchvision pipeline matching ``AUGMENT``."""
+    from torchvision import transforms as T
+
+    zoom = AUGMENT["zoom"]
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=((1 - zoom) ** 2, 1.0), ratio=(1.0, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.RandomRotation(AUGMENT["rotate"]),
+        T.ColorJitter(brightness=AUGMENT["brightness"], contrast=AUGMENT["contrast"]),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def make_model(name: str, seed: int = 0):
+    from zoo.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=2).train()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def step(model, optimizer, x, y) -> None:
+    from zoo.models import forward_logits
+
+    logits, aux = forward_logits(model, x)
+    loss = F.cross_entropy(logits, y) + (0.4 * F.cross_entropy(aux, y) if aux is not None else 0.0)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def model_alone(name: str, batch: int, size: int, steps: int) -> float:
+    """(a): images/s of forward + backward + step on one batch in memory."""
+    model, optimizer = make_model(name)
+    x, y = torch.randn(batch, 3, size, size), torch.arange(batch) % 2
+    for _ in range(2):
+        step(model, optimizer, x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(model, optimizer, x, y)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def medzoo_loop(name: str, images: np.ndarray, labels: np.ndarray, batch: int, epochs: int) -> float:
+    """(b): images/s of ``train_one_epoch`` over a BatchLoader with augmentation."""
+    from zoo.loader import BatchLoader
+    from zoo.models import model_info
+    from zoo.train import train_one_epoch
+
+    info = model_info(name)
+    model, optimizer = make_model(name)
+    loader = BatchLoader(images, labels, batch, shuffle=True, seed=0, mean=info.mean, std=info.std,
+                         augment=AUGMENT, drop_last=True)
+    train_one_epoch(model, loader, optimizer, F.cross_entropy, max_batches=2, progress=False)
+    seen, start = 0, time.perf_counter()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch + 1)
+        seen += train_one_epoch(model, loader, optimizer, F.cross_entropy, progress=False)["images"]
+    return seen / (time.perf_counter() - start)
+
+
+def tutorial_loop(name: str, folder: Path, size: int, batch: int, epochs: int, workers: int) -> float:
+    """(c): images/s of an ImageFolder + DataLoader loop decoding and transforming every image every epoch."""
+    from torchvision.datasets import ImageFolder
+
+    from zoo.models import model_info
+
+    info = model_info(name)
+    model, optimizer = make_model(name)
+    dataset = ImageFolder(str(folder), transform=tutorial_transforms(size, info.mean, info.std))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                         drop_last=True)
+    for i, (x, y) in enumerate(loader):
+        step(model, optimizer, x, y)
+        if i == 1:
+            break
+    seen, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            step(model, optimizer, x, y)
+            seen += len(y)
+    return seen / (time.perf_counter() - start)
+
+
+def loader_alone(images: np.ndarray, batch: int, epochs: int, augment: dict) -> float:
+    """(d): images/s of BatchLoader delivering augmented, normalised batches."""
+    from zoo.loader import BatchLoader
+
+    loader = BatchLoader(images, np.zeros(len(images), dtype=np.int64), batch, shuffle=True, seed=0,
+                         augment=augment, drop_last=True)
+    next(iter(loader))
+    seen, start = 0, time.perf_counter()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch + 1)
+        for x, _, _ in loader:
+            seen += len(x)
+    return seen / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["squeezenet1_1", "resnet18"])
+    parser.add_argument("--size", type=int, default=64, help="training input size (px)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=1024, help="training images per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs for (b) and (c)")
+    parser.add_argument("--jpegs", type=Path, help="folder of JPEGs to use (default: synthetic ones)")
+    parser.add_argument("--jpeg-size", type=int, default=256, help="side of the synthetic JPEGs (px)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers for (c)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--loader-size", type=int, default=224, help="image size for (d)")
+    parser.add_argument("--loader-batch-size", type=int, default=128)
+    parser.add_argument("--loader-images", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved repeats of every measurement; the best is kept (the machine is shared)")
+    args = parser.parse_args(argv)
+
+    from zoo.datasets import load_images
+
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.workers} DataLoader workers, "
+          f"load average {os.getloadavg()[0]:.2f}; augmentation {AUGMENT}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "jpegs"
+        if args.jpegs:
+            paths = link_jpegs(args.jpegs, folder, args.images)
+            source = f"{len(paths)} JPEGs from {args.jpegs}"
+        else:
+            paths = write_jpegs(folder, args.images, args.jpeg_size)
+            source = f"{len(paths)} synthetic {args.jpeg_size}x{args.jpeg_size} JPEGs"
+        labels = np.array([int(p.parent.name == "class1") for p in paths], dtype=np.int64)
+        cache = load_images(paths, args.size)  # what medzoo's image cache holds: decoded and resized once
+        print(f"{source}; size {args.size} px, batch {args.batch_size}, {args.epochs} timed epochs")
+        for name in args.models:
+            runs = []
+            for _ in range(args.rounds):
+                runs.append((model_alone(name, args.batch_size, args.size, max(4, args.images // args.batch_size)),
+                             medzoo_loop(name, cache, labels, args.batch_size, args.epochs),
+                             tutorial_loop(name, folder, args.size, args.batch_size, args.epochs, args.workers)))
+            a, b, c = (max(r[k] for r in runs) for k in range(3))
+            print(f"{name:<14} (a) model alone {a:7.1f} img/s  (b) medzoo loop {b:7.1f} img/s  "
+                  f"(c) tutorial loop {c:7.1f} img/s  b/a = {b / a:.2f}  b/c = {b / c:.2f}  "
+                  f"(best of {args.rounds}; b/a per round {', '.join(f'{r[1] / r[0]:.2f}' for r in runs)})")
+        reps = -(-args.loader_images // len(paths))
+        big = np.concatenate([load_images(paths, args.loader_size)] * reps)[:args.loader_images]
+    flips_jitter = {k: v for k, v in AUGMENT.items() if k not in ("rotate", "zoom")}
+    for label, augment in (("full augmentation", AUGMENT), ("flips + jitter", flips_jitter)):
+        d = max(loader_alone(big, args.loader_batch_size, args.epochs, augment) for _ in range(args.rounds))
+        print(f"(d) medzoo loader alone, {label}: {d:.0f} img/s of {args.loader_size}x{args.loader_size} batches "
+              f"of {args.loader_batch_size} ({len(big)} images, {args.epochs} epochs, best of {args.rounds})")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
