@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ensemble.auc import auc, class_aucs, midranks
 DEFAULT_TEMPERATURE = 125.0
 DEFAULT_THRESHOLD = 0.5
 TIE_TOLERANCE = 1e-9
+POOL_BLOCK_ELEMENTS = 1 << 20
 
 
 class Parts(NamedTuple):
@@ -32,12 +33,13 @@ class Parts(NamedTuple):
 
     features: ``[M, N, F]`` per-member transform of the probabilities.
     weights: ``None`` (equal), ``[M]`` or ``[M, F]`` member weights (renormalised over the members used).
-    finish: ``[..., N, F] -> [..., N, C]`` applied to the weighted mean, or ``None`` for identity.
+    finish: ``(pooled [..., N, F], columns) -> [..., N, len(columns)]`` applied to the weighted mean
+        (``columns`` ``None``: all C), or ``None`` for identity.
     """
 
     features: np.ndarray
     weights: np.ndarray | None
-    finish: Callable[[np.ndarray], np.ndarray] | None
+    finish: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Aggregator:
     """A registered aggregator. Call it as ``agg(probs, **params)`` -> ``[N, C]``.
 
     pooled: ``fn(probs, **params)`` returns :class:`Parts`; otherwise it returns ``[N, C]``
-    and ``subsets(probs, masks, **params)`` evaluates it over member subsets.
+    and ``subsets(probs, columns, **params)`` returns a function ``masks [S, M] -> [S, N, len(columns)]``.
     """
 
     name: str
@@ -66,15 +68,40 @@ class Aggregator:
 
     def over_subsets(self, probs: np.ndarray, masks: np.ndarray, **params) -> np.ndarray:
         """Outputs ``[S, N, C]`` for member subsets ``masks`` ``[S, M]`` (bool; row s = members in subset s)."""
+        return self.subset_evaluator(probs, **params)(masks)
+
+    def subset_evaluator(self, probs: np.ndarray, columns: Sequence[int] | None = None,
+                         **params) -> Callable[[np.ndarray], np.ndarray]:
+        """A function ``masks [S, M] -> outputs [S, N, len(columns)]`` (default all C columns).
+
+        The per-member work (ranks, logs, votes, orderings) is done once, here, so a search
+        can call the function on many chunks of subsets. One-member subsets give the member.
+        """
         probs = check_probs(probs)
         self._check_params(params)
-        masks = np.asarray(masks, dtype=bool)
-        if masks.ndim != 2 or masks.shape[1] != probs.shape[0] or not masks.any(axis=1).all():
-            raise ValueError(f"masks have shape {masks.shape}; expected [S, {probs.shape[0]}] with a member in every row")
-        out = combine(self.fn(probs, **params), masks) if self.pooled else self.subsets(probs, masks, **params)
-        single = masks.sum(axis=1) == 1
-        out[single] = probs[masks[single].argmax(axis=1)]
-        return out
+        m, _, c = probs.shape
+        cols = np.arange(c) if columns is None else np.asarray(columns)
+        if self.pooled:
+            parts = self.fn(probs, **params)
+            if parts.finish is None:
+                w = parts.weights
+                parts = Parts(parts.features[:, :, cols], w[:, cols] if w is not None and w.ndim == 2 else w, None)
+                run = lambda masks: combine(parts, masks)
+            else:
+                run = lambda masks: combine(parts, masks, cols)
+        else:
+            run = self.subsets(probs, cols, **params)
+
+        def evaluate(masks: np.ndarray) -> np.ndarray:
+            masks = np.asarray(masks, dtype=bool)
+            if masks.ndim != 2 or masks.shape[1] != m or not masks.any(axis=1).all():
+                raise ValueError(f"masks have shape {masks.shape}; expected [S, {m}] with a member in every row")
+            out = run(masks)
+            single = masks.sum(axis=1) == 1
+            out[single] = probs[masks[single].argmax(axis=1)][:, :, cols]
+            return out
+
+        return evaluate
 
     def _check_params(self, params: dict) -> None:
         unknown = sorted(set(params) - set(self.params))
@@ -127,27 +154,35 @@ def check_probs(probs: np.ndarray) -> np.ndarray:
     return probs
 
 
-def combine(parts: Parts, masks: np.ndarray) -> np.ndarray:
+def combine(parts: Parts, masks: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """Weighted mean of ``parts.features`` over the members of each subset, finished: ``[S, N, C]``.
 
-    ``masks`` ``[S, M]`` bool. Weights are renormalised within each subset.
+    ``masks`` ``[S, M]`` bool. Weights are renormalised within each subset. ``columns``
+    selects output columns of ``finish`` (default all). Works through blocks of images so
+    the pooled features stay in cache between the product and ``finish``.
     """
     x, w, finish = parts
     m, n, f = x.shape
     mw = masks.astype(np.float64)
-    if w is not None and w.ndim == 2:
-        mw = mw[:, :, None] * w[None]
-        if (mw.sum(axis=1) <= 0).any():
-            raise ValueError("member weights sum to 0 over a subset of members; weights must have a positive sum")
-        pooled = np.stack([(mw[:, :, j] / mw[:, :, j].sum(axis=1, keepdims=True)) @ x[:, :, j] for j in range(f)], axis=-1)
-    else:
-        if w is not None:
-            mw = mw * w
-        total = mw.sum(axis=1, keepdims=True)
-        if (total <= 0).any():
-            raise ValueError("member weights sum to 0 over a subset of members; weights must have a positive sum")
-        pooled = ((mw / total) @ x.reshape(m, n * f)).reshape(-1, n, f)
-    return finish(pooled) if finish is not None else pooled
+    mw = mw if w is None else mw[:, :, None] * w[None] if w.ndim == 2 else mw * w
+    total = mw.sum(axis=1, keepdims=True)
+    if (total <= 0).any():
+        raise ValueError("member weights sum to 0 over a subset of members; weights must have a positive sum")
+    mw = mw / total
+    block = max(256, POOL_BLOCK_ELEMENTS // (mw.shape[0] * f))
+    out = None
+    for start in range(0, n, block):
+        xb = x[:, start:start + block]
+        nb = xb.shape[1]
+        if mw.ndim == 3:
+            pooled = np.stack([mw[:, :, j] @ xb[:, :, j] for j in range(f)], axis=-1)
+        else:
+            pooled = (mw @ xb.reshape(m, nb * f)).reshape(-1, nb, f)
+        done = finish(pooled, columns) if finish is not None else pooled
+        if out is None:
+            out = np.empty((mw.shape[0], n, done.shape[2]))
+        out[:, start:start + nb] = done
+    return out
 
 
 def normalise_weights(weights, m: int, c: int) -> np.ndarray:
@@ -217,9 +252,17 @@ def geometric_mean(probs: np.ndarray) -> Parts:
     return Parts(np.log(np.maximum(probs, np.finfo(np.float64).tiny)), None, _exp_normalise)
 
 
-def _exp_normalise(logs: np.ndarray) -> np.ndarray:
+def _exp_normalise(logs: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis, ``columns`` of it; for two classes the same numbers from one exp per row."""
+    if logs.shape[-1] == 2:
+        d = logs[..., 1] - logs[..., 0]
+        e = np.exp(-np.abs(d))
+        big, small = 1 / (1 + e), e / (1 + e)
+        cols = [np.where(d >= 0, small, big), np.where(d >= 0, big, small)]
+        return np.stack([cols[j] for j in (range(2) if columns is None else columns)], axis=-1)
     e = np.exp(logs - logs.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    out = e / e.sum(axis=-1, keepdims=True)
+    return out if columns is None else out[..., columns]
 
 
 @register("rank_mean")
@@ -270,13 +313,13 @@ def majority_vote_mean(probs: np.ndarray, threshold=None) -> Parts:
     return Parts(np.stack([v, v * p, 1 - v, (1 - v) * p, p], axis=2), None, _winning_side)
 
 
-def _winning_side(pooled: np.ndarray) -> np.ndarray:
+def _winning_side(pooled: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """``[..., N, 5]`` pooled (positive share, its p sum, negative share, its p sum, mean p) -> ``[..., N, 2]``."""
     pos, pos_p, neg, neg_p, all_p = np.moveaxis(pooled, -1, 0)
     diff = pos - neg
     with np.errstate(invalid="ignore", divide="ignore"):
         p = np.where(diff > TIE_TOLERANCE, pos_p / pos, np.where(diff < -TIE_TOLERANCE, neg_p / neg, all_p))
-    return np.stack([1 - p, p], axis=-1)
+    return np.stack([p if j == 1 else 1 - p for j in (range(2) if columns is None else columns)], axis=-1)
 
 
 @register("softmax_auc")
@@ -293,35 +336,39 @@ def softmax_auc(probs: np.ndarray, aucs, temperature: float = DEFAULT_TEMPERATUR
     return Parts(probs, softmax_auc_weights(a, temperature), None)
 
 
-def _median_subsets(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Median over the members of each subset, ``[S, N, C]``, without gathering each subset.
+def _median_subsets(probs: np.ndarray, columns: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Median over the members of each subset, ``masks [S, M] -> [S, N, len(columns)]``, without gathering subsets.
 
     Members are ordered per image and class once (ties by member index); ``below[m]`` is the
     bitmask of members ordered before ``m``. In a subset of k members, the one with
-    ``popcount(below & subset) == j`` is its j-th smallest.
+    ``popcount(below[m] & subset) == j`` is its j-th smallest.
     """
-    m = probs.shape[0]
+    x = probs[:, :, columns]
+    m = x.shape[0]
     if m > 62:
         raise ValueError(f"median over subsets supports at most 62 members; got {m}")
-    order = np.argsort(probs, axis=0, kind="stable")
+    order = np.argsort(x, axis=0, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(m).reshape(m, 1, 1), axis=0)
     member_bits = np.uint64(1) << np.arange(m, dtype=np.uint64)
-    below = np.zeros(probs.shape, dtype=np.uint64)
+    below = np.zeros(x.shape, dtype=np.uint64)
     for other in range(m):
         below |= np.where(rank[other] < rank, member_bits[other], np.uint64(0))
-    out = np.empty((masks.shape[0],) + probs.shape[1:])
-    for s, mask in enumerate(masks):
-        members = np.flatnonzero(mask)
-        bits = np.uint64(member_bits[members].sum())
-        k = members.size
-        lo, hi = (k - 1) // 2, k // 2
-        total = np.zeros(probs.shape[1:])
-        for j in members:
-            count = np.bitwise_count(below[j] & bits)
-            total += probs[j] * ((count == lo).astype(np.float64) + (count == hi))
-        out[s] = total / 2
-    return out
+
+    def run(masks: np.ndarray) -> np.ndarray:
+        out = np.empty((masks.shape[0],) + x.shape[1:])
+        for s, mask in enumerate(masks):
+            members = np.flatnonzero(mask)
+            bits = np.uint64(member_bits[members].sum())
+            lo, hi = (members.size - 1) // 2, members.size // 2
+            total = np.zeros(x.shape[1:])
+            for j in members:
+                count = np.bitwise_count(below[j] & bits)
+                total += x[j] * ((count == lo).astype(np.float64) + (count == hi))
+            out[s] = total / 2
+        return out
+
+    return run
 
 
 @register("median", pooled=False, subsets=_median_subsets)

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 CHUNK_ELEMENTS = 1 << 20
+BINS = 1 << 14
+TIE_CHECK_GAP = 1e-4
 
 
 def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float | np.ndarray:
@@ -24,10 +26,49 @@ def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float | np.ndarray:
     Returns a float for ``[N]`` scores and a ``[K]`` array for ``[K, N]``. Raises when the
     labels hold only one class or a score is not finite.
     """
+    s, positive, n_pos, n_neg = _check_binary(scores, positive)
+    rank_sums = _map_rows(lambda rows: _positive_rank_sums(rows, positive), s)
+    auc = (rank_sums - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return float(auc[0]) if np.ndim(scores) == 1 else auc
+
+
+def binary_auc_bounds(scores: np.ndarray, positive: np.ndarray, bins: int = BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds ``[K]`` on the ROC-AUC of each row of ``scores`` ``[K, N]``, without sorting.
+
+    Each row is binned by value (its min to its max in ``bins`` equal bins). Pairs in
+    different bins are ordered by their bins, and pairs in a bin whose scores are all equal
+    are ties: both are counted exactly. Only opposite-class pairs sharing a bin of unequal
+    scores are unknown; they make the gap between the bounds. O(N + bins) per row; bins are
+    checked for equal scores only when the gap would otherwise exceed ``TIE_CHECK_GAP``.
+    """
+    s, positive, n_pos, n_neg = _check_binary(scores, positive)
+    label = positive.astype(np.intp)
+    known, unknown = np.empty(s.shape[0]), np.empty(s.shape[0])
+    pairs = n_pos * n_neg
+    for r, row in enumerate(s):
+        low = row.min()
+        span = row.max() - low
+        b = ((row - low) * ((bins - 1) / span if span > 0 else 0.0)).astype(np.intp)
+        key = b * 2
+        key += label
+        neg, pos = np.bincount(key, minlength=2 * bins).reshape(bins, 2).T
+        shared = pos * neg
+        known[r] = pos @ (np.cumsum(neg) - neg)
+        unknown[r] = shared.sum()
+        if unknown[r] > TIE_CHECK_GAP * pairs:
+            first = np.empty(bins)
+            first[b] = row
+            tied = np.bincount(b, weights=row != first[b], minlength=bins) == 0
+            known[r] += 0.5 * shared[tied].sum()
+            unknown[r] -= shared[tied].sum()
+    return known / pairs, (known + unknown) / pairs
+
+
+def _check_binary(scores, positive) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(scores [K, N] float64, positive [N] bool, positives, negatives)`` or a clear error."""
     scores = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(positive).astype(bool).reshape(-1)
-    single = scores.ndim == 1
-    s = scores.reshape(1, -1) if single else scores
+    s = scores.reshape(1, -1) if scores.ndim == 1 else scores
     if s.ndim != 2 or s.shape[1] != positive.shape[0]:
         raise ValueError(f"scores have shape {scores.shape}; expected [N] or [K, N] with N = {positive.shape[0]} labels")
     n_pos = int(positive.sum())
@@ -36,9 +77,7 @@ def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float | np.ndarray:
         raise ValueError(f"ROC-AUC needs both classes; got {n_pos} positives and {n_neg} negatives")
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite; got NaN or infinite values")
-    rank_sums = _map_rows(lambda rows: _positive_rank_sums(rows, positive), s)
-    auc = (rank_sums - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return float(auc[0]) if single else auc
+    return s, positive, n_pos, n_neg
 
 
 def midranks(values: np.ndarray) -> np.ndarray:
@@ -141,6 +180,18 @@ def auc(probs: np.ndarray, labels: np.ndarray) -> float | np.ndarray:
     else:
         out = class_aucs(probs, labels).mean(axis=-1)
     return float(out) if np.ndim(out) == 0 else out
+
+
+def auc_bounds(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds ``([K], [K])`` on :func:`auc` of ``probs`` ``[K, N, C]`` from :func:`binary_auc_bounds`."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = _check_labels(probs, labels)
+    if probs.ndim != 3:
+        raise ValueError(f"probs have shape {probs.shape}; expected [K, N, C]")
+    if probs.shape[-1] == 2:
+        return binary_auc_bounds(probs[..., 1], labels == 1, bins)
+    per_class = [binary_auc_bounds(probs[..., j], labels == j, bins) for j in range(probs.shape[-1])]
+    return np.mean([lo for lo, _ in per_class], axis=0), np.mean([hi for _, hi in per_class], axis=0)
 
 
 def _check_labels(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

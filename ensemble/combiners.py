@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, normalise_weights,
                                   softmax_auc_weights, unknown_name, validation_aucs)
-from ensemble.auc import auc
+from ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds
 from ensemble.table import ProbabilityTable, align
 
 MAX_SUBSET_MEMBERS = 16
@@ -270,22 +270,39 @@ def all_subsets(m: int) -> np.ndarray:
     return ((np.arange(1, 2 ** m)[:, None] >> np.arange(m)) & 1).astype(bool)
 
 
-def subset_aucs(probs: np.ndarray, labels: np.ndarray, aggregator: str, masks: np.ndarray, progress=None,
-                **params) -> np.ndarray:
+def subset_aucs(probs: np.ndarray, labels: np.ndarray, aggregator: str, masks: np.ndarray, bounds: bool = False,
+                progress=None, **params):
     """Validation AUC ``[S]`` of ``aggregator`` over each member subset in ``masks`` ``[S, M]``.
 
-    ``params`` are the aggregator's; ``aucs`` / ``weights`` / ``threshold`` are given for all
-    M members (subsets renormalise weights). Outputs are built in chunks of subsets.
+    With ``bounds=True`` returns ``(lower [S], upper [S])`` from histograms instead (see
+    :func:`ensemble.auc.auc_bounds`), several times cheaper than exact AUCs at large N.
+    ``params`` are the aggregator's, given for all M members (subsets renormalise weights).
+    Outputs are built in chunks of subsets, with BLAS on one thread (its many small
+    products are slower when threaded, worse so on a busy machine).
     """
-    agg = get_aggregator(aggregator)
-    m, n, c = probs.shape
-    step = max(1, SUBSET_CHUNK_ELEMENTS // (n * max(c, 5)))
-    out = np.empty(masks.shape[0])
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _subset_aucs(probs, labels, aggregator, masks, bounds, progress, **params)
+
+
+def _subset_aucs(probs, labels, aggregator, masks, bounds, progress, **params):
+    n, c = probs.shape[1:]
+    binary = c == 2
+    evaluate = get_aggregator(aggregator).subset_evaluator(probs, columns=[1] if binary else None, **params)
+    step = max(1, SUBSET_CHUNK_ELEMENTS // n)
+    parts = []
     for i in range(0, masks.shape[0], step):
-        out[i:i + step] = np.atleast_1d(auc(agg.over_subsets(probs, masks[i:i + step], **params), labels))
+        out = evaluate(masks[i:i + step])
+        if binary:
+            parts.append((binary_auc_bounds if bounds else binary_auc)(out[:, :, 0], labels == 1))
+        else:
+            parts.append((auc_bounds if bounds else auc)(out, labels))
         if progress is not None:
             progress.update(min(step, masks.shape[0] - i))
-    return out
+    if bounds:
+        return np.concatenate([lo for lo, _ in parts]), np.concatenate([hi for _, hi in parts])
+    return np.concatenate([np.atleast_1d(a) for a in parts])
 
 
 @register_combiner("subset_search")
@@ -323,25 +340,41 @@ class SubsetSearch(Combiner):
         masks = all_subsets(m)
         names = self.aggregators or [a for a in AGGREGATORS if a != "weighted_mean" and (c == 2 or a != "majority_vote_mean")]
         self._aucs = validation_aucs(probs, labels)
-        scores = []
+        low, high = np.empty((len(names), len(masks))), np.empty((len(names), len(masks)))
         with tqdm(total=len(names) * len(masks), desc="subset search", unit="subset", disable=None) as bar:
-            for name in names:
-                scores.append(subset_aucs(probs, labels, name, masks, progress=bar, **self._params(name)))
-        scores = np.stack(scores)
-        agg_idx, sub_idx = np.meshgrid(np.arange(len(names)), np.arange(len(masks)), indexing="ij")
+            for a, name in enumerate(names):
+                low[a], high[a] = subset_aucs(probs, labels, name, masks, bounds=True, progress=bar, **self._params(name))
+        scores = self._exact_candidates(probs, labels, names, masks, low, high)
+        agg_idx, sub_idx = np.nonzero(np.isfinite(scores))
         sizes = masks.sum(axis=1)[sub_idx]
-        order = np.lexsort((sub_idx.ravel(), agg_idx.ravel(), sizes.ravel(), -scores.ravel()))
-        best_a, best_s = agg_idx.ravel()[order[0]], sub_idx.ravel()[order[0]]
+        order = np.lexsort((sub_idx, agg_idx, sizes, -scores[agg_idx, sub_idx]))
+        best_a, best_s = agg_idx[order[0]], sub_idx[order[0]]
         self.best_aggregator, self.best_mask = names[best_a], masks[best_s]
         self.info.update(
             aggregator=self.best_aggregator,
             selected=[mb for mb, keep in zip(self.members, self.best_mask) if keep],
-            subsets_scored=int(scores.size),
-            best_val_auc_per_aggregator={nm: float(scores[i].max()) for i, nm in enumerate(names)},
-            top=[{"aggregator": names[agg_idx.ravel()[k]], "val_auc": float(scores.ravel()[k]),
-                  "members": [mb for mb, keep in zip(self.members, masks[sub_idx.ravel()[k]]) if keep]}
+            subsets_scored=int(low.size),
+            exact_aucs=int(np.isfinite(scores).sum()),
+            best_val_auc_per_aggregator={nm: float(np.nanmax(scores[i])) for i, nm in enumerate(names)},
+            top=[{"aggregator": names[agg_idx[k]], "val_auc": float(scores[agg_idx[k], sub_idx[k]]),
+                  "members": [mb for mb, keep in zip(self.members, masks[sub_idx[k]]) if keep]}
                  for k in order[:self.top]],
         )
+
+    def _exact_candidates(self, probs, labels, names, masks, low, high) -> np.ndarray:
+        """Exact AUCs ``[A, S]`` where they can matter, NaN elsewhere.
+
+        A (aggregator, subset) whose upper bound is below both the ``top``-th best lower bound
+        overall and its aggregator's best lower bound can be neither in the top list nor its
+        aggregator's best, so only the others are scored exactly.
+        """
+        kth = np.sort(low, axis=None)[-min(max(self.top, 1), low.size)]
+        candidate = high >= np.minimum(kth, low.max(axis=1, keepdims=True))
+        scores = np.full(low.shape, np.nan)
+        for a, name in enumerate(names):
+            rows = np.flatnonzero(candidate[a])
+            scores[a, rows] = subset_aucs(probs, labels, name, masks[rows], **self._params(name))
+        return scores
 
     def _subset_params(self) -> dict:
         """The best aggregator's parameters restricted to the selected members."""
