@@ -219,7 +219,8 @@ class GreedySelection(Combiner):
     Each of ``bags`` bags draws ``bag_fraction`` of the members (all when ``bags == 1``),
     then adds, ``steps`` times, the member whose addition to the running mean gives the best
     validation AUC (ties: lowest member index), and keeps the prefix of steps with the best
-    AUC. The ensemble is the weighted mean with weights = selection counts summed over bags.
+    AUC (the longest such prefix: re-adding the one best member keeps its AUC). Each bag's ensemble is the mean of its selections (weights = its counts / its steps);
+    the result averages the bags' ensembles. ``info["selection_counts"]`` sums the counts.
     """
 
     def __init__(self, steps: int = 50, bags: int = 20, bag_fraction: float = 0.5, seed: int = 0):
@@ -233,9 +234,12 @@ class GreedySelection(Combiner):
         rng = np.random.default_rng(self.seed)
         size = m if self.bags == 1 else max(1, int(round(self.bag_fraction * m)))
         self.counts = np.zeros(m, dtype=np.int64)
+        self._weights = np.zeros(m)
         for _ in range(self.bags):
             bag = np.sort(rng.choice(m, size, replace=False))
-            self.counts += self._select(probs[bag], labels, bag, m)
+            counts = self._select(probs[bag], labels, bag, m)
+            self.counts += counts
+            self._weights += counts / counts.sum() / self.bags
         self.info["selection_counts"] = dict(zip(self.members, self.counts.tolist()))
         self.info.update(steps=self.steps, bags=self.bags, bag_fraction=self.bag_fraction)
 
@@ -250,15 +254,14 @@ class GreedySelection(Combiner):
             chosen.append(bag[best])
             scores.append(aucs[best])
             total += bag_probs[best]
-        keep = int(np.argmax(scores)) + 1
+        keep = len(scores) - int(np.argmax(scores[::-1]))
         return np.bincount(chosen[:keep], minlength=m)
 
     def _predict(self, probs):
-        w = self.counts / self.counts.sum()
-        return np.tensordot(w, probs, axes=(0, 0))
+        return np.tensordot(self._weights, probs, axes=(0, 0))
 
     def weights(self):
-        return dict(zip(self.members, (self.counts / self.counts.sum()).tolist()))
+        return dict(zip(self.members, self._weights.tolist()))
 
 
 def all_subsets(m: int) -> np.ndarray:

@@ -1,0 +1,132 @@
+import itertools
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ensemble.auc import auc
+from ensemble.combiners import COMBINERS, SubsetSearch, all_subsets, make_method
+from ensemble.table import ProbabilityTable
+
+
+def tables(p1, y, split="val", names=None):
+    """One binary table per row of ``p1`` ``[M, N]``."""
+    ids = [f"img{i}" for i in range(len(y))]
+    names = names or [f"m{j}" for j in range(len(p1))]
+    return [ProbabilityTable(ids, ["neg", "pos"], np.stack([1 - p, p], axis=1), y, {"member": nm, "split": split})
+            for nm, p in zip(names, p1)]
+
+
+def noisy_members(strengths, n, seed):
+    """Members whose logit is ``strength * (2y - 1)`` plus independent unit noise."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[0, 1, rng.integers(0, 2, n - 2)]
+    z = np.asarray(strengths)[:, None] * (2 * y - 1) + rng.normal(size=(len(strengths), n))
+    return 1 / (1 + np.exp(-z)), y
+
+
+@pytest.mark.parametrize("name", ["stacking", "greedy", "subset_search", "softmax_auc", "mean"])
+def test_fitting_on_a_test_table_raises(name):
+    p1, y = noisy_members([1.0, 1.0], 40, 0)
+    with pytest.raises(ValueError, match="fits on validation tables only; the table of member 'm1' is marked split 'test'"):
+        make_method(name).fit(tables(p1[:1], y) + tables(p1[1:], y, split="test", names=["m1"]))
+
+
+def test_greedy_picks_the_much_better_member_most():
+    p1, y = noisy_members([0.3, 3.0, 0.3, 0.3], 300, 1)
+    greedy = make_method("greedy", steps=20, bags=10, bag_fraction=0.5).fit(tables(p1, y))
+    counts, weights = greedy.info["selection_counts"], greedy.weights()
+    assert max(counts, key=counts.get) == "m1" and max(weights, key=weights.get) == "m1"
+    assert weights["m1"] > 1 / 4 and sum(weights.values()) == pytest.approx(1)
+
+
+def test_independent_noisy_members_ensemble_beats_each_member():
+    p1, y = noisy_members([0.8] * 5, 400, 2)
+    best_member = max(roc_auc_score(y, p) for p in p1)
+    for name in ("mean", "softmax_auc", "greedy", "stacking"):
+        method = make_method(name).fit(tables(p1, y))
+        val = method.validation_table()
+        assert auc(val.probs, val.labels) > best_member + 0.02, name
+
+
+def test_greedy_single_bag_is_deterministic_with_ties_to_the_lowest_index():
+    # identical members: every step ties, so the lowest index is chosen every time
+    p1, y = noisy_members([1.0], 50, 3)
+    greedy = make_method("greedy", steps=5, bags=1).fit(tables(np.repeat(p1, 3, axis=0), y))
+    assert greedy.info["selection_counts"] == {"m0": 5, "m1": 0, "m2": 0}
+
+
+def test_stacking_validation_is_out_of_fold_and_predicts_test():
+    p1, y = noisy_members([1.0, 0.5, 0.2], 200, 4)
+    stack = make_method("stacking", folds=4).fit(tables(p1, y))
+    val = stack.validation_table()
+    in_sample = stack.predict(tables(p1, y))
+    assert val.ids == in_sample.ids and not np.allclose(val.probs, in_sample.probs)
+    assert stack.info["folds"] == 4 and stack.info["val_auc_cross_validated"] == pytest.approx(auc(val.probs, y))
+    assert len(stack.info["coef"][0]) == 3
+    tp1, ty = noisy_members([1.0, 0.5, 0.2], 60, 5)
+    test = stack.predict(tables(tp1, np.full(60, -1), split="test"))
+    assert test.split == "test" and test.probs.shape == (60, 2) and not test.has_labels
+    np.testing.assert_allclose(test.probs.sum(axis=1), 1)
+
+
+def test_subset_search_best_matches_brute_force_with_sklearn():
+    p1, y = noisy_members([0.2, 1.0, 0.9, 0.1], 150, 6)
+    search = make_method("subset_search", aggregators=["mean"]).fit(tables(p1, y))
+    brute = {s: roc_auc_score(y, p1[list(s)].mean(axis=0))
+             for k in range(1, 5) for s in itertools.combinations(range(4), k)}
+    best = max(brute, key=lambda s: (brute[s], -len(s)))
+    assert search.info["selected"] == [f"m{j}" for j in best]
+    assert search.info["top"][0]["val_auc"] == pytest.approx(brute[best], abs=1e-12)
+    ranked = sorted(brute.values(), reverse=True)[:len(search.info["top"])]
+    np.testing.assert_allclose([t["val_auc"] for t in search.info["top"]], ranked, atol=1e-12)
+    out = search.predict(tables(p1, y))
+    np.testing.assert_allclose(out.probs[:, 1], p1[list(best)].mean(axis=0))
+
+
+def test_subset_search_ties_prefer_fewer_members():
+    p1, y = noisy_members([1.0], 60, 7)
+    search = SubsetSearch(aggregators=["mean", "median"]).fit(tables(np.repeat(p1, 3, axis=0), y))
+    assert search.info["selected"] == ["m0"] and search.info["aggregator"] == "mean"
+
+
+def test_subset_search_default_aggregators_and_sidecar():
+    p1, y = noisy_members([0.5, 0.9, 0.7], 80, 8)
+    search = make_method("subset_search", temperature=50).fit(tables(p1, y))
+    assert set(search.info["best_val_auc_per_aggregator"]) == {
+        "mean", "median", "geometric_mean", "rank_mean", "majority_vote", "majority_vote_mean", "softmax_auc"}
+    assert search.info["subsets_scored"] == 7 * 7
+    side = search.sidecar()
+    assert side["method"] == "subset_search" and side["members"] == ["m0", "m1", "m2"]
+
+
+def test_subset_search_caps_members():
+    with pytest.raises(ValueError, match="M = 17 members gives 131071, more than the 65535 allowed"):
+        all_subsets(17)
+    assert all_subsets(3).tolist()[:3] == [[True, False, False], [False, True, False], [True, True, False]]
+
+
+def test_predict_needs_the_same_members_and_a_fit():
+    p1, y = noisy_members([1.0, 0.5], 40, 9)
+    with pytest.raises(ValueError, match="must be fitted"):
+        make_method("greedy").predict(tables(p1, y))
+    mean = make_method("mean").fit(tables(p1, y))
+    with pytest.raises(ValueError, match="fitted on members \\['m0', 'm1'\\]; got tables of \\['a', 'b'\\]"):
+        mean.predict(tables(p1, y, names=["a", "b"]))
+
+
+def test_method_names_and_options_are_checked():
+    with pytest.raises(ValueError, match="unknown ensemble method 'stacker'; did you mean 'stacking'\\?"):
+        make_method("stacker")
+    with pytest.raises(ValueError, match="method 'greedy' got unknown option\\(s\\) \\['step'\\]"):
+        make_method("greedy", step=3)
+    with pytest.raises(ValueError, match="method 'mean' got unknown option"):
+        make_method("mean", temperature=3)
+    assert set(COMBINERS) == {"stacking", "greedy", "subset_search"}
+
+
+def test_labels_needed_to_learn():
+    p1, y = noisy_members([1.0, 0.5], 40, 10)
+    with pytest.raises(ValueError, match="needs a label for every validation image; 40 of 40 are unknown"):
+        make_method("softmax_auc").fit(tables(p1, np.full(40, -1)))
+    assert make_method("mean").fit(tables(p1, np.full(40, -1))).validation_table().probs.shape == (40, 2)
