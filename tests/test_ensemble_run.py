@@ -1,0 +1,136 @@
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from ensemble.aggregators import softmax_auc_weights
+from ensemble.auc import auc
+from ensemble.run import ensemble_run, load_member_tables
+from ensemble.table import ProbabilityTable, TableError
+
+MEMBERS = ("alpha", "beta", "gamma")
+
+
+def write_run(root, n_val=120, n_test=80, members=MEMBERS, test_labels=True, seed=0):
+    """A run directory with binary predictions of ``members`` on val and test."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("val", n_val), ("test", n_test)):
+        y = np.r_[0, 1, rng.integers(0, 2, n - 2)]
+        for k, m in enumerate(members):
+            p = 1 / (1 + np.exp(-((k + 1) * 0.6 * (2 * y - 1) + rng.normal(size=n))))
+            labels = y if split == "val" or test_labels else np.full(n, -1)
+            ProbabilityTable([f"{split}{i}" for i in range(n)], ["normal", "pneumonia"], np.stack([1 - p, p], 1),
+                             labels, {"member": m, "split": split, "dataset": "toy"}
+                             ).write(root / "predictions" / m / f"{split}.csv")
+    return root
+
+
+def test_every_default_method_writes_val_and_test_tables(tmp_path):
+    run = write_run(tmp_path, test_labels=False)
+    results = ensemble_run(run, config={"weights": {"alpha": 1, "beta": 1, "gamma": 2}}, log=None)
+    assert list(results) == ["mean", "weighted_mean", "median", "geometric_mean", "rank_mean", "majority_vote",
+                             "majority_vote_mean", "softmax_auc", "greedy", "stacking", "subset_search"]
+    for method, res in results.items():
+        val = ProbabilityTable.read(run / "ensembles" / method / "val.csv")
+        test = ProbabilityTable.read(run / "ensembles" / method / "test.csv")
+        assert res["dir"] == str(run / "ensembles" / method) and res["test"] is True
+        assert res["members"] == list(MEMBERS) and val.meta["members"] == list(MEMBERS)
+        assert val.meta["method"] == method and val.split == "val" and test.split == "test"
+        assert val.meta["dataset"] == "toy" and val.classes == ["normal", "pneumonia"]
+        assert res["val_auc"] == pytest.approx(auc(val.probs, val.labels)) == pytest.approx(val.meta["val_auc"])
+        assert len(test.ids) == 80 and not test.has_labels
+    side = json.loads((run / "ensembles" / "weighted_mean" / "test.json").read_text())
+    assert side["weights"] == {"alpha": 0.25, "beta": 0.25, "gamma": 0.5}
+    greedy = json.loads((run / "ensembles" / "greedy" / "val.json").read_text())
+    assert set(greedy["selection_counts"]) == set(MEMBERS) and sum(greedy["weights"].values()) == pytest.approx(1)
+    subset = json.loads((run / "ensembles" / "subset_search" / "val.json").read_text())
+    assert subset["selected"] and subset["top"][0]["val_auc"] == pytest.approx(subset["val_auc"])
+
+
+def test_test_tables_are_the_method_applied_to_test(tmp_path):
+    run = write_run(tmp_path)
+    ensemble_run(run, methods=["softmax_auc"], config={"temperature": 40}, log=None)
+    val_tables, test_tables = load_member_tables(run)
+    aucs = [auc(t.probs, t.labels) for t in val_tables]
+    w = softmax_auc_weights(aucs, 40)
+    out = ProbabilityTable.read(run / "ensembles" / "softmax_auc" / "test.csv")
+    np.testing.assert_allclose(out.probs, sum(wi * t.probs for wi, t in zip(w, test_tables)), atol=1e-9)
+    assert out.meta["weights"] == pytest.approx(dict(zip(MEMBERS, w)))
+
+
+def test_mismatched_ids_are_named(tmp_path):
+    run = write_run(tmp_path)
+    t = ProbabilityTable.read(run / "predictions" / "beta" / "val.csv")
+    t.ids[3] = "stranger"
+    t.write(run / "predictions" / "beta" / "val.csv")
+    with pytest.raises(TableError, match="member 'beta' does not cover the same images as 'alpha': "
+                                         "missing 1 \\['val3'\\], extra 1 \\['stranger'\\]"):
+        ensemble_run(run, methods=["mean"], log=None)
+
+
+def test_mismatched_classes_are_named(tmp_path):
+    run = write_run(tmp_path)
+    t = ProbabilityTable.read(run / "predictions" / "gamma" / "test.csv")
+    t.classes = ["normal", "virus"]
+    t.write(run / "predictions" / "gamma" / "test.csv")
+    with pytest.raises(TableError, match="member 'gamma' has classes \\['normal', 'virus'\\]"):
+        ensemble_run(run, methods=["mean"], log=None)
+
+
+def test_a_member_without_test_is_named(tmp_path):
+    run = write_run(tmp_path)
+    (run / "predictions" / "beta" / "test.csv").unlink()
+    with pytest.raises(TableError, match="members \\['beta'\\] have no test.csv"):
+        ensemble_run(run, methods=["mean"], log=None)
+
+
+def test_without_test_tables_only_val_is_written(tmp_path):
+    run = write_run(tmp_path)
+    for m in MEMBERS:
+        (run / "predictions" / m / "test.csv").unlink()
+    res = ensemble_run(run, methods=["mean"], config={"members": ["alpha", "gamma"]}, log=None)
+    assert res["mean"]["test"] is False and res["mean"]["members"] == ["alpha", "gamma"]
+    assert (run / "ensembles" / "mean" / "val.csv").exists() and not (run / "ensembles" / "mean" / "test.csv").exists()
+
+
+def test_config_errors_are_clear(tmp_path):
+    run = write_run(tmp_path)
+    with pytest.raises(ValueError, match="unknown \\[ensemble\\] key 'temperatur'; did you mean 'temperature'\\?"):
+        ensemble_run(run, config={"temperatur": 3}, log=None)
+    with pytest.raises(ValueError, match="weighted_mean needs member weights"):
+        ensemble_run(run, methods=["weighted_mean"], log=None)
+    with pytest.raises(ValueError, match="unknown ensemble method 'greddy'; did you mean 'greedy'\\?"):
+        ensemble_run(run, methods=["mean", "greddy"], log=None)
+    assert not (run / "ensembles").exists()  # names are checked before anything is written
+    with pytest.raises(ValueError, match="unknown member 'delta'"):
+        ensemble_run(run, config={"members": ["alpha", "delta"]}, log=None)
+    with pytest.raises(ValueError, match="weights is given per member; missing members \\['gamma'\\]"):
+        ensemble_run(run, methods=["weighted_mean"], config={"weights": {"alpha": 1, "beta": 2}}, log=None)
+    with pytest.raises(FileNotFoundError, match="no member tables under"):
+        ensemble_run(tmp_path / "nowhere", log=None)
+
+
+def test_ensemble_command(tmp_path, capsys):
+    from ensemble.cli import register
+
+    run = write_run(tmp_path)
+    (run / "config.json").write_text(json.dumps({"ensemble": {"temperature": 5, "greedy": {"steps": 3, "bags": 2}}}))
+    parser = argparse.ArgumentParser(prog="medzoo")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["ensemble", str(run), "--methods", "softmax_auc", "greedy", "--temperature", "10"])
+    assert args.func(args) == 0
+    side = json.loads((run / "ensembles" / "softmax_auc" / "val.json").read_text())
+    aucs = [auc(t.probs, t.labels) for t in load_member_tables(run)[0]]
+    assert list(side["weights"].values()) == pytest.approx(list(softmax_auc_weights(aucs, 10)))
+    assert json.loads((run / "ensembles" / "greedy" / "val.json").read_text())["steps"] == 3
+    assert "softmax_auc" in capsys.readouterr().out
+
+
+def test_the_ensemble_layer_imports_neither_torch_nor_zoo():
+    import subprocess
+    import sys
+
+    code = ("import sys, ensemble.run, ensemble.cli, ensemble.combiners; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'zoo')); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
