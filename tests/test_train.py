@@ -14,7 +14,7 @@ from ensemble.table import ProbabilityTable
 from zoo.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from zoo.config import load_config, parse_config
 from zoo.predict import predict, predict_probs
-from zoo.train import (class_weights, focal_loss, make_optimizer, make_scheduler, roc_auc, status, train_member,
+from zoo.train import (accumulation_steps, class_weights, focal_loss, make_optimizer, make_scheduler, roc_auc, status, train_member,
                        train_zoo)
 
 
@@ -175,6 +175,7 @@ def _raw(**over):
     (_raw(members=[{"model": "inception_v3", "size": 32}]), "below inception_v3's minimum input size 75"),
     (_raw(members=[{"model": "resnet18"}, {"model": "resnet18"}]), "member id 'resnet18' is used twice"),
     (_raw(device="gpu"), "allowed: auto, cpu, cuda, cuda:N"),
+    (_raw(train={"batch_size": 4, "effective_batch": 10}), "effective_batch = 10 must be a multiple of batch_size = 4"),
     ({"dataset": "d", "members": [{"model": "resnet18"}]}, "lacks required key 'run'"),
 ])
 def test_config_errors_name_what_is_allowed(raw, message):
@@ -195,6 +196,16 @@ def test_config_defaults_member_overrides_and_command_line_overrides():
     assert cfg.train.epochs == 2
     with pytest.raises(ValueError, match="unknown member 'resnet81'; did you mean 'resnet18'"):
         cfg.member("resnet81")
+
+
+def test_effective_batch_sets_accumulation_for_the_world_size():
+    from zoo.config import TrainConfig
+
+    cfg = TrainConfig(batch_size=4, effective_batch=16)
+    assert [accumulation_steps(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
+    assert accumulation_steps(TrainConfig(accumulate=3), 2) == 3
+    with pytest.raises(ValueError, match="effective_batch = 16 is not a multiple of batch_size 4 x 3 processes"):
+        accumulation_steps(cfg, 3)
 
 
 def test_class_weights_balance_the_classes():

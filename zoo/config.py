@@ -81,6 +81,7 @@ class TrainConfig:
     amp: bool | str = "auto"
     channels_last: bool | str = "auto"
     accumulate: int = 1
+    effective_batch: int = 0
     sync_bn: bool = False
     max_train_batches: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -255,13 +256,16 @@ def _parse_augment(raw: dict, where: str) -> AugmentConfig:
 def _check_ranges(cfg: TrainConfig, where: str) -> None:
     positive = ("epochs", "batch_size", "accumulate", "lr")
     non_negative = ("weight_decay", "momentum", "warmup_epochs", "focal_gamma", "patience",
-                    "unfreeze_after", "max_train_batches", "plateau_patience")
+                    "unfreeze_after", "max_train_batches", "plateau_patience", "effective_batch")
     for k in positive:
         if getattr(cfg, k) <= 0:
             raise ValueError(f"{where} {k} = {getattr(cfg, k)}; must be > 0")
     for k in non_negative:
         if getattr(cfg, k) < 0:
             raise ValueError(f"{where} {k} = {getattr(cfg, k)}; must be >= 0")
+    if cfg.effective_batch and (cfg.accumulate != 1 or cfg.effective_batch % cfg.batch_size):
+        raise ValueError(f"{where} effective_batch = {cfg.effective_batch} must be a multiple of batch_size = "
+                         f"{cfg.batch_size} and replaces accumulate (= {cfg.accumulate}); set one of the two")
     if not 0 <= cfg.label_smoothing < 1:
         raise ValueError(f"{where} label_smoothing = {cfg.label_smoothing}; allowed range [0, 1)")
     if not 0 < cfg.plateau_factor < 1:

@@ -130,6 +130,17 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(probs.shape[1])))
 
 
+def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Batches per optimizer step: ``accumulate``, or what keeps ``effective_batch`` at any world size."""
+    if not cfg.effective_batch:
+        return cfg.accumulate
+    per_step = cfg.batch_size * world_size
+    if cfg.effective_batch % per_step:
+        raise ValueError(f"effective_batch = {cfg.effective_batch} is not a multiple of batch_size {cfg.batch_size} "
+                         f"x {world_size} processes; change batch_size or the number of processes")
+    return cfg.effective_batch // per_step
+
+
 def amp_setup(device: torch.device, cfg: TrainConfig):
     """``(autocast dtype or None, GradScaler or None)``: bf16 where supported, else fp16 + scaler; off on CPU."""
     if device.type != "cuda" or cfg.amp is False:
@@ -306,10 +317,11 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
     train_loader = BatchLoader(train.images, train.labels, t.batch_size, shuffle=True, seed=cfg.seed,
                                augment=t.augment.as_loader_dict(), drop_last=drop_last, **loader_kw)
     n_batches = min(len(train_loader), t.max_train_batches) if t.max_train_batches else len(train_loader)
+    accumulate = accumulation_steps(t, dist.world_size)
     optimizer = make_optimizer(model, t)
-    scheduler = make_scheduler(optimizer, t, math.ceil(n_batches / t.accumulate))
+    scheduler = make_scheduler(optimizer, t, math.ceil(n_batches / accumulate))
     loss_fn = make_loss(t, class_weights(train.labels, len(classes)), device)
-    effective = t.batch_size * dist.world_size * t.accumulate
+    effective = t.batch_size * dist.world_size * accumulate
     static = {"arch": member.model, "classes": classes, "size": member.size, "mean": list(info.mean),
               "std": list(info.std), "member": member.id, "dataset": dataset, "vflip": t.augment.vflip,
               "config": asdict(member), "effective_batch": effective}
@@ -332,7 +344,7 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
         say(f"{member.id}: resuming after epoch {run.epoch} (best val AUC {run.best_auc:.4f} at epoch {run.best_epoch})")
     say(f"{member.id}: {member.model} at {member.size}px on {device}, {len(train.labels)} train / "
         f"{len(val.labels)} val images, effective batch {effective} = {t.batch_size} x {dist.world_size} "
-        f"process(es) x {t.accumulate} accumulated" + (f", AMP {amp_dtype}" if amp_dtype else ""))
+        f"process(es) x {accumulate} accumulated" + (f", AMP {amp_dtype}" if amp_dtype else ""))
 
     ddp, trainable = None, None
     while run.epoch < t.epochs and not run.stopped:
@@ -347,7 +359,7 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
         start = time.perf_counter()
         with distributed.peer_errors(cfg.dist_timeout):
             stats = train_one_epoch(ddp, train_loader, optimizer, loss_fn, scheduler=scheduler, scaler=scaler,
-                                    amp_dtype=amp_dtype, accumulate=t.accumulate, max_batches=t.max_train_batches,
+                                    amp_dtype=amp_dtype, accumulate=accumulate, max_batches=t.max_train_batches,
                                     on_batch=on_batch, progress=progress and dist.is_main,
                                     desc=f"{member.id} {epoch + 1}/{t.epochs}")
             distributed.broadcast_buffers(model)
