@@ -310,15 +310,19 @@ def majority_vote_mean(probs: np.ndarray, threshold=None) -> Parts:
     """
     v = _positive_votes(probs, threshold, "majority_vote_mean")
     p = probs[:, :, 1]
-    return Parts(np.stack([v, v * p, 1 - v, (1 - v) * p, p], axis=2), None, _winning_side)
+    return Parts(np.stack([v, v * p, p], axis=2), None, _winning_side)
 
 
 def _winning_side(pooled: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-    """``[..., N, 5]`` pooled (positive share, its p sum, negative share, its p sum, mean p) -> ``[..., N, 2]``."""
-    pos, pos_p, neg, neg_p, all_p = np.moveaxis(pooled, -1, 0)
+    """``[..., N, 3]`` pooled (positive vote share, mean of p * vote, mean p) -> ``[..., N, 2]``.
+
+    The negative side's share and p sum are the complements: ``1 - pos`` and ``all_p - pos_p``.
+    """
+    pos, pos_p, all_p = np.moveaxis(pooled, -1, 0)
+    neg, neg_p = 1 - pos, all_p - pos_p
     diff = pos - neg
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(diff > TIE_TOLERANCE, pos_p / pos, np.where(diff < -TIE_TOLERANCE, neg_p / neg, all_p))
+        p = np.where(diff > TIE_TOLERANCE, pos_p / pos, np.where(diff < -TIE_TOLERANCE, neg_p / neg, all_p)).clip(0, 1)
     return np.stack([p if j == 1 else 1 - p for j in (range(2) if columns is None else columns)], axis=-1)
 
 

@@ -6,7 +6,9 @@ equals ``sklearn.metrics.roc_auc_score`` to rounding, and takes ``[K, N]`` score
 subset search can score thousands of candidate ensembles in one call.
 
 Binary tasks use the positive-class column (index 1); tasks with more classes use the macro
-average of one-vs-rest AUCs.
+average of one-vs-rest AUCs. :func:`binary_auc_bounds` brackets the AUC from histograms,
+without sorting, so a search can discard candidates that cannot win before scoring the rest
+exactly.
 """
 from __future__ import annotations
 

@@ -102,7 +102,6 @@ class AggregatorMethod(Combiner):
         if self.name == "softmax_auc":
             self._params["aucs"] = validation_aucs(probs, labels)
             self.info["val_aucs"] = self._params["aucs"].tolist()
-        self.aggregator(probs, **self._params)
 
     def _predict(self, probs):
         return self.aggregator(probs, **self._params)
@@ -322,9 +321,11 @@ class SubsetSearch(Combiner):
 
     def __init__(self, aggregators: Sequence[str] | None = None, temperature: float = DEFAULT_TEMPERATURE,
                  threshold=None, top: int = 20):
-        if aggregators is not None:
-            for a in aggregators:
-                get_aggregator(a)
+        for a in aggregators or []:
+            get_aggregator(a)
+            if a == "weighted_mean":
+                raise ValueError("subset_search cannot use weighted_mean: it has no weights to search with; "
+                                 "use softmax_auc or mean")
         self.aggregators = None if aggregators is None else list(aggregators)
         self.temperature, self.threshold, self.top = temperature, threshold, int(top)
 
@@ -333,9 +334,6 @@ class SubsetSearch(Combiner):
             return {"aucs": self._aucs, "temperature": self.temperature}
         if name.startswith("majority_vote"):
             return {"threshold": _per_member(self.threshold, self.members, "threshold")}
-        if name == "weighted_mean":
-            raise ValueError("subset_search cannot use weighted_mean: it has no weights to search with; "
-                             "use softmax_auc or mean")
         return {}
 
     def _fit(self, probs, labels):

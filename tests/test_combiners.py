@@ -123,6 +123,10 @@ def test_method_names_and_options_are_checked():
     with pytest.raises(ValueError, match="method 'mean' got unknown option"):
         make_method("mean", temperature=3)
     assert set(COMBINERS) == {"stacking", "greedy", "subset_search"}
+    with pytest.raises(ValueError, match="subset_search cannot use weighted_mean"):
+        make_method("subset_search", aggregators=["mean", "weighted_mean"])
+    with pytest.raises(ValueError, match="unknown aggregator 'medain'; did you mean 'median'"):
+        make_method("subset_search", aggregators=["medain"])
 
 
 def test_labels_needed_to_learn():
