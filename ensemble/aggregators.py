@@ -142,7 +142,7 @@ def aggregate(name: str, probs: np.ndarray, **params) -> np.ndarray:
 def unknown_name(kind: str, name: str, known) -> str:
     """``unknown <kind> 'x'; did you mean 'y'? known: ...``."""
     close = difflib.get_close_matches(str(name), list(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
     return f"unknown {kind} {name!r}{hint} known: {', '.join(sorted(known))}"
 
 
