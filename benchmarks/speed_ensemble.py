@@ -10,7 +10,8 @@ In one run, on generated tables (each member a noisy view of the labels, 30 % po
   (d) a loop over subsets, each averaged with numpy and scored with ``sklearn.metrics.roc_auc_score``:
       timed on --baseline-subsets (40) random subsets and scaled to 2^M - 1 subsets x the aggregators
       (assumes every aggregator costs what the mean does per subset, which favours the loop), ratio against (c).
-The exact AUCs of (c) are checked against sklearn on the sampled subsets.
+The exact AUCs of (c) are checked against sklearn on the sampled subsets. Times are wall clock; the
+CPU seconds of this process are shown beside them, since other jobs may share the machine.
 
     .venv/bin/python benchmarks/speed_ensemble.py
 """
@@ -45,9 +46,14 @@ def params_for(name: str, probs: np.ndarray, aucs: np.ndarray) -> dict:
     return {}
 
 
+CPU = {}
+
+
 def timed(fn):
-    t0 = time.perf_counter()
+    """``(wall seconds, result)``; the CPU seconds of this process go to ``CPU["last"]``."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
+    CPU["last"] = time.process_time() - c0
     return time.perf_counter() - t0, out
 
 
@@ -87,7 +93,7 @@ def main(argv=None) -> None:
     times = {}
     for name, agg in AGGREGATORS.items():
         times[name], _ = timed(lambda: agg(probs, **params_for(name, probs, aucs)))
-        print(f"  {name:20s} {times[name]:7.3f} s  {'ok' if times[name] < 1 else 'OVER TARGET'}")
+        print(f"  {name:20s} {times[name]:7.3f} s (cpu {CPU['last']:6.3f} s)  {'ok' if times[name] < 1 else 'OVER TARGET'}")
 
     nb = min(args.baseline_images, args.images)
     ids = [f"img{i:07d}" for i in range(nb)]
@@ -116,14 +122,14 @@ def main(argv=None) -> None:
           f"(target < 10 s)")
     t_search, _ = timed(lambda: search.fit(tables))
     n_aggs = len(search.info["best_val_auc_per_aggregator"])
-    print(f"  SubsetSearch.fit       {t_search:7.3f} s  ({search.info['subsets_scored']} (aggregator, subset) pairs, "
+    print(f"  SubsetSearch.fit       {t_search:7.3f} s (cpu {CPU['last']:6.3f} s)  ({search.info['subsets_scored']} (aggregator, subset) pairs, "
           f"{search.info['exact_aucs']} scored exactly)  {'ok' if t_search < 10 else 'OVER TARGET'}")
     print(f"  best: {search.info['aggregator']} of {search.info['selected']}, val AUC {search.info['top'][0]['val_auc']:.6f}")
     vaucs = validation_aucs(vprobs, vy)
     for name in search.info["best_val_auc_per_aggregator"]:
         extra = {"aucs": vaucs} if name == "softmax_auc" else {}
         t_pass, _ = timed(lambda: subset_aucs(vprobs, vy, name, masks, bounds=True, **extra))
-        print(f"    bounds pass alone, {name:20s} {t_pass:6.3f} s for {len(masks)} subsets")
+        print(f"    bounds pass alone, {name:20s} {t_pass:6.3f} s (cpu {CPU['last']:6.3f} s) for {len(masks)} subsets")
 
     from sklearn.metrics import roc_auc_score
 

@@ -257,9 +257,11 @@ def _exp_normalise(logs: np.ndarray, columns: np.ndarray | None = None) -> np.nd
     if logs.shape[-1] == 2:
         d = logs[..., 1] - logs[..., 0]
         e = np.exp(-np.abs(d))
-        big, small = 1 / (1 + e), e / (1 + e)
-        cols = [np.where(d >= 0, small, big), np.where(d >= 0, big, small)]
-        return np.stack([cols[j] for j in (range(2) if columns is None else columns)], axis=-1)
+        q = 1 / (1 + e)
+        eq = e * q
+        up = d >= 0
+        return np.stack([np.where(up, q, eq) if j else np.where(up, eq, q)
+                         for j in (range(2) if columns is None else columns)], axis=-1)
     e = np.exp(logs - logs.max(axis=-1, keepdims=True))
     out = e / e.sum(axis=-1, keepdims=True)
     return out if columns is None else out[..., columns]
@@ -316,13 +318,14 @@ def majority_vote_mean(probs: np.ndarray, threshold=None) -> Parts:
 def _winning_side(pooled: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """``[..., N, 3]`` pooled (positive vote share, mean of p * vote, mean p) -> ``[..., N, 2]``.
 
-    The negative side's share and p sum are the complements: ``1 - pos`` and ``all_p - pos_p``.
+    The negative side's share and p sum are the complements ``1 - pos`` and ``all_p - pos_p``.
     """
     pos, pos_p, all_p = np.moveaxis(pooled, -1, 0)
-    neg, neg_p = 1 - pos, all_p - pos_p
-    diff = pos - neg
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(diff > TIE_TOLERANCE, pos_p / pos, np.where(diff < -TIE_TOLERANCE, neg_p / neg, all_p)).clip(0, 1)
+    margin = 2 * pos - 1
+    p = all_p.copy()
+    np.divide(pos_p, pos, out=p, where=margin > TIE_TOLERANCE)
+    np.divide(all_p - pos_p, 1 - pos, out=p, where=margin < -TIE_TOLERANCE)
+    np.clip(p, 0, 1, out=p)
     return np.stack([p if j == 1 else 1 - p for j in (range(2) if columns is None else columns)], axis=-1)
 
 
