@@ -280,7 +280,13 @@ def rank_mean(probs: np.ndarray) -> Parts:
     rows = cols.transpose(0, 2, 1).reshape(-1, n)
     scaled = (midranks(rows) - 1) / (n - 1) if n > 1 else np.full(rows.shape, 0.5)
     ranks = scaled.reshape(m, cols.shape[2], n).transpose(0, 2, 1)
-    return Parts(np.concatenate([1 - ranks, ranks], axis=2) if c == 2 else ranks, None, None)
+    return Parts(ranks, None, _with_complement if c == 2 else None)
+
+
+def _with_complement(pooled: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """``[..., N, 1]`` positive-class scores -> ``[..., N, 2]`` as ``[1 - p, p]`` (``columns`` of it)."""
+    p = pooled[..., 0]
+    return np.stack([p if j == 1 else 1 - p for j in (range(2) if columns is None else columns)], axis=-1)
 
 
 @register("majority_vote")
