@@ -313,7 +313,7 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
     amp_dtype, scaler = amp_setup(device, t)
     loader_kw = dict(device=device, mean=info.mean, std=info.std, rank=dist.rank, world_size=dist.world_size,
                      channels_last=channels_last)
-    drop_last = len(train.labels) >= t.batch_size * dist.world_size * 2
+    drop_last = len(train.labels) >= t.batch_size * dist.world_size  # BatchNorm fails on a last batch of one
     train_loader = BatchLoader(train.images, train.labels, t.batch_size, shuffle=True, seed=cfg.seed,
                                augment=t.augment.as_loader_dict(), drop_last=drop_last, **loader_kw)
     n_batches = min(len(train_loader), t.max_train_batches) if t.max_train_batches else len(train_loader)
@@ -341,6 +341,8 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
         if dist.is_main:
             _repair_best(ckpt, best, static)
             write_history(run.history, mdir / "history.csv")
+            for partial in mdir.glob(".*.pt.*.tmp"):  # left by a kill during torch.save
+                partial.unlink(missing_ok=True)
         say(f"{member.id}: resuming after epoch {run.epoch} (best val AUC {run.best_auc:.4f} at epoch {run.best_epoch})")
     say(f"{member.id}: {member.model} at {member.size}px on {device}, {len(train.labels)} train / "
         f"{len(val.labels)} val images, effective batch {effective} = {t.batch_size} x {dist.world_size} "
@@ -505,8 +507,8 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
                     holder = distributed.read_claim(mdir / "claim.json") or {}
                 elif claim.took_over:
                     say(f"{m.id}: took over a stale claim ({claim.took_over})")
-            decision = distributed.broadcast("done" if (mdir / "done.json").exists() and claim is None else
-                                             "busy" if holder is not None else "train")
+            decision = "busy" if holder is not None else "train" if claim is not None else "done"
+            decision, holder = distributed.broadcast((decision, holder))
             if decision == "done":
                 results.append({**_read_json(mdir / "done.json"), "status": "done"})
                 say(f"{m.id}: already done, skipped")
