@@ -48,11 +48,14 @@ def register(sub) -> None:
 
 def _train(args) -> int:
     from zoo.config import load_config
+    from zoo.distributed import env_info
     from zoo.train import train_zoo
 
     overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
     cfg = load_config(args.config, overrides)
     results = train_zoo(cfg, members=args.members, results_dir=args.results)
+    if env_info().rank != 0:
+        return 0
     print(f"\n{'member':<20} {'status':<17} {'val AUC':>8} {'test AUC':>8} {'minutes':>8}")
     for r in results:
         print(f"{r['member']:<20} {r['status']:<17} {_num(r.get('val_auc')):>8} {_num(r.get('test_auc')):>8} "

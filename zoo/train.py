@@ -392,7 +392,8 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
             write_history(run.history, mdir / "history.csv")
             plot_curves(run.history, mdir / "curves.png", f"{member.id} ({member.model}, {member.size}px)")
         say(f"{member.id} epoch {run.epoch}/{t.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-            f"val AUC {auc:.4f}{' *' if improved else ''}, {stats['images_per_s']:.0f} img/s, {seconds:.1f} s"
+            f"val AUC {auc:.4f}{' *' if improved else ''}, {stats['images_per_s'] * dist.world_size:.0f} img/s, "
+            f"{seconds:.1f} s"
             + (f" - early stop ({t.patience} epochs without improvement)" if run.stopped else ""))
         if on_epoch is not None:
             on_epoch(run.epoch)
