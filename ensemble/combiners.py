@@ -314,6 +314,8 @@ class SubsetSearch(Combiner):
     ``aggregators``: default every registered one that needs no extra input (``weighted_mean``
     needs weights; ``majority_vote_mean`` is for two classes only). ``softmax_auc`` uses the
     members' validation AUCs and ``temperature``; the vote aggregators use ``threshold``.
+    Each aggregator is scored first by histogram bounds on every subset's AUC, then exactly
+    where a bound says it can matter (see ``_exact_candidates``).
     Ranking: higher AUC first, then fewer members, then aggregator order, then subset order.
     The best (aggregator, subset) is the ensemble; ``info["top"]`` lists the best ``top``.
     At most 16 members.
@@ -341,11 +343,13 @@ class SubsetSearch(Combiner):
         masks = all_subsets(m)
         names = self.aggregators or [a for a in AGGREGATORS if a != "weighted_mean" and (c == 2 or a != "majority_vote_mean")]
         self._aucs = validation_aucs(probs, labels)
-        low, high = np.empty((len(names), len(masks))), np.empty((len(names), len(masks)))
-        with tqdm(total=len(names) * len(masks), desc="subset search", unit="subset", disable=None) as bar:
-            for a, name in enumerate(names):
-                low[a], high[a] = subset_aucs(probs, labels, name, masks, bounds=True, progress=bar, **self._params(name))
-        scores = self._exact_candidates(probs, labels, names, masks, low, high)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"), \
+                tqdm(total=len(names) * len(masks), desc="subset search", unit="subset", disable=None) as bar:
+            bounds = [_subset_aucs(probs, labels, name, masks, True, bar, **self._params(name)) for name in names]
+            low, high = np.array([lo for lo, _ in bounds]), np.array([hi for _, hi in bounds])
+            scores = self._exact_candidates(probs, labels, names, masks, low, high)
         agg_idx, sub_idx = np.nonzero(np.isfinite(scores))
         sizes = masks.sum(axis=1)[sub_idx]
         order = np.lexsort((sub_idx, agg_idx, sizes, -scores[agg_idx, sub_idx]))
@@ -374,7 +378,7 @@ class SubsetSearch(Combiner):
         scores = np.full(low.shape, np.nan)
         for a, name in enumerate(names):
             rows = np.flatnonzero(candidate[a])
-            scores[a, rows] = subset_aucs(probs, labels, name, masks[rows], **self._params(name))
+            scores[a, rows] = _subset_aucs(probs, labels, name, masks[rows], False, None, **self._params(name))
         return scores
 
     def _subset_params(self) -> dict:
