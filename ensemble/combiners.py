@@ -14,6 +14,7 @@ import inspect
 from typing import Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, normalise_weights,
@@ -282,8 +283,6 @@ def subset_aucs(probs: np.ndarray, labels: np.ndarray, aggregator: str, masks: n
     Outputs are built in chunks of subsets, with BLAS on one thread (its many small
     products are slower when threaded, worse so on a busy machine).
     """
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(1, user_api="blas"):
         return _subset_aucs(probs, labels, aggregator, masks, bounds, progress, **params)
 
@@ -343,8 +342,6 @@ class SubsetSearch(Combiner):
         masks = all_subsets(m)
         names = self.aggregators or [a for a in AGGREGATORS if a != "weighted_mean" and (c == 2 or a != "majority_vote_mean")]
         self._aucs = validation_aucs(probs, labels)
-        from threadpoolctl import threadpool_limits
-
         with threadpool_limits(1, user_api="blas"), \
                 tqdm(total=len(names) * len(masks), desc="subset search", unit="subset", disable=None) as bar:
             bounds = [_subset_aucs(probs, labels, name, masks, True, bar, **self._params(name)) for name in names]
