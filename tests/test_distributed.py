@@ -48,8 +48,11 @@ def _train_rank(rank: int, world: int, port: int, config: str, results: str, out
 def _dying_rank(rank: int, world: int, port: int, config: str, results: str, out: str) -> None:
     _as_rank(rank, world, port)
 
+    batches = []
+
     def die(i, idx):
-        if rank == 1 and i == 1:
+        batches.append(i)
+        if rank == 1 and len(batches) == 4:  # 3 batches per epoch: in the second epoch
             os._exit(3)
 
     try:
@@ -95,7 +98,7 @@ def test_two_process_ddp_shards_gathers_and_writes_once(tmp_path):
     assert len(table.ids) == 13 and np.allclose(table.probs, single, atol=1e-6)
 
 
-def test_a_dying_rank_ends_the_job_with_a_clear_message(tmp_path):
+def test_a_dying_rank_ends_the_job_with_a_clear_message_and_both_ranks_resume(tmp_path):
     config = tiny_config(tmp_path, epochs=2, batch_size=4)
     text = config.read_text().replace('device = "cpu"', 'device = "cpu"\ndist_timeout = 30')
     config.write_text(text)
@@ -115,5 +118,12 @@ def test_a_dying_rank_ends_the_job_with_a_clear_message(tmp_path):
     assert procs[1].exitcode == 3
     message = (tmp_path / "rank0.txt").read_text()
     assert message.startswith("PeerFailure: rank 0/2") and "another rank died" in message
-    failed = json.loads((tmp_path / "r" / "tiny" / "members" / "squeezenet1_1" / "failed.json").read_text())
-    assert failed["error"].startswith("PeerFailure")
+    mdir = tmp_path / "r" / "tiny" / "members" / "squeezenet1_1"
+    assert json.loads((mdir / "failed.json").read_text())["error"].startswith("PeerFailure")
+    assert [h["epoch"] for h in read_history(mdir / "history.csv")] == ["1"]
+
+    mp.spawn(_train_rank, args=(2, _free_port(), str(config), str(tmp_path / "r"), str(tmp_path)), nprocs=2, join=True)
+    for r in (0, 1):
+        assert len(json.loads((tmp_path / f"rank{r}.json").read_text())) == 1  # only epoch 2 was trained
+    assert [h["epoch"] for h in read_history(mdir / "history.csv")] == ["1", "2"]
+    assert (mdir / "done.json").exists() and not (mdir / "failed.json").exists()
