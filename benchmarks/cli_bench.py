@@ -1,0 +1,31 @@
+"""``medzoo bench CONFIG``: the whole pipeline in one command."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="train the zoo, build ensembles, write the leaderboard and the submission",
+        description="Run every stage for one config into results/<run>/: dataset -> zoo training -> "
+                    "per-member probability tables -> ensembles -> leaderboard (+ plots) -> challenge "
+                    "submission. A second call resumes: finished members are skipped.",
+    )
+    p.add_argument("config", help="zoo config TOML, e.g. benchmarks/pneumoniamnist.toml")
+    p.add_argument("--results", default="results", help="folder that holds run folders (default: results)")
+    p.add_argument("--member", action="append", dest="members", metavar="ID",
+                   help="train only this member (repeatable); the other stages use every finished member")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    from benchmarks.bench import run_bench
+
+    out = run_bench(args.config, results_dir=args.results, members=args.members)
+    run_dir = out["run_dir"]
+    print(f"\nrun folder: {run_dir}")
+    for name, seconds in out["stages"].items():
+        print(f"  {name:<12} {seconds:>9.1f} s")
+    print(f"leaderboard: {run_dir / 'leaderboard.md'}")
+    sub = out["submission"]
+    print(f"submission: {sub.path} ({sub.rows} rows, {sub.format}, entry {sub.entry}; {sub.checked})")
+    return 0
