@@ -354,7 +354,8 @@ def _median_subsets(probs: np.ndarray, columns: np.ndarray) -> Callable[[np.ndar
 
     Members are ordered per image and class once (ties by member index); ``below[m]`` is the
     bitmask of members ordered before ``m``. In a subset of k members, the one with
-    ``popcount(below[m] & subset) == j`` is its j-th smallest.
+    ``popcount(below[m] & subset) == j`` is its j-th smallest. The loop over (subset, member)
+    writes into preallocated buffers: fresh temporaries of this size cost more than the arithmetic.
     """
     x = probs[:, :, columns]
     m = x.shape[0]
@@ -369,16 +370,22 @@ def _median_subsets(probs: np.ndarray, columns: np.ndarray) -> Callable[[np.ndar
         below |= np.where(rank[other] < rank, member_bits[other], np.uint64(0))
 
     def run(masks: np.ndarray) -> np.ndarray:
-        out = np.empty((masks.shape[0],) + x.shape[1:])
+        out = np.zeros((masks.shape[0],) + x.shape[1:])
+        anded, count = np.empty(x.shape[1:], dtype=np.uint64), np.empty(x.shape[1:], dtype=np.uint8)
+        pick, pick_hi, term = np.empty(x.shape[1:], dtype=bool), np.empty(x.shape[1:], dtype=bool), np.empty(x.shape[1:])
         for s, mask in enumerate(masks):
             members = np.flatnonzero(mask)
             bits = np.uint64(member_bits[members].sum())
             lo, hi = (members.size - 1) // 2, members.size // 2
-            total = np.zeros(x.shape[1:])
             for j in members:
-                count = np.bitwise_count(below[j] & bits)
-                total += x[j] * ((count == lo).astype(np.float64) + (count == hi))
-            out[s] = total / 2
+                np.bitwise_and(below[j], bits, out=anded)
+                np.bitwise_count(anded, out=count)
+                np.equal(count, lo, out=pick)
+                if hi != lo:
+                    np.logical_or(pick, np.equal(count, hi, out=pick_hi), out=pick)
+                np.add(out[s], np.multiply(x[j], pick, out=term), out=out[s])
+            if hi != lo:
+                out[s] /= 2
         return out
 
     return run

@@ -60,7 +60,7 @@ def binary_auc_bounds(scores: np.ndarray, positive: np.ndarray, bins: int = BINS
         if unknown[r] > TIE_CHECK_GAP * pairs:
             first = np.empty(bins)
             first[b] = row
-            tied = np.bincount(b, weights=row != first[b], minlength=bins) == 0
+            tied = np.bincount(b[row != first[b]], minlength=bins) == 0
             known[r] += 0.5 * shared[tied].sum()
             unknown[r] -= shared[tied].sum()
     return known / pairs, (known + unknown) / pairs
