@@ -25,7 +25,7 @@ from ensemble.auc import auc, class_aucs, midranks
 DEFAULT_TEMPERATURE = 125.0
 DEFAULT_THRESHOLD = 0.5
 TIE_TOLERANCE = 1e-9
-POOL_BLOCK_ELEMENTS = 1 << 20
+POOL_BLOCK_ELEMENTS = 1 << 18
 
 
 class Parts(NamedTuple):
