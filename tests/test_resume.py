@@ -36,7 +36,7 @@ def test_killed_run_resumes_to_the_same_weights_and_history(tmp_path):
         pass
     else:
         raise AssertionError("the run was not interrupted")
-    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run_dir / "last.pt", weights_only=False)["epoch"] == 1
     assert [h["epoch"] for h in read_history(run_dir / "history.csv")] == ["1"]
     assert not (run_dir / "done.json").exists()
     assert [(r["state"], r["epoch"]) for r in status(tmp_path / "results" / "tiny")] == [("pending", 1)]
@@ -52,7 +52,8 @@ def test_killed_run_resumes_to_the_same_weights_and_history(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(history) == strip(ref_history)
 
-    last, ref_last = load_checkpoint(run_dir / "last.pt"), load_checkpoint(ref_dir / "last.pt")
+    last = load_checkpoint(run_dir / "last.pt", weights_only=False)
+    ref_last = load_checkpoint(ref_dir / "last.pt", weights_only=False)
     assert last["epoch"] == ref_last["epoch"] == 3
     assert all(torch.equal(last["model"][k], ref_last["model"][k]) for k in ref_last["model"])
     best, ref_best = load_checkpoint(run_dir / "best.pt"), load_checkpoint(ref_dir / "best.pt")

@@ -121,7 +121,7 @@ def test_same_seed_gives_identical_history_and_weights(tmp_path):
         train_member(cfg, cfg.members[0], tmp_path / name, progress=False)
         mdir = tmp_path / name / "members" / "squeezenet1_1"
         hist = [{k: v for k, v in h.items() if k != "seconds"} for h in read_history(mdir / "history.csv")]
-        outs.append((hist, load_checkpoint(mdir / "last.pt")["model"]))
+        outs.append((hist, load_checkpoint(mdir / "last.pt", weights_only=False)["model"]))
     assert outs[0][0] == outs[1][0]
     assert all(torch.equal(outs[0][1][k], outs[1][1][k]) for k in outs[0][1])
 

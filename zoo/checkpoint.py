@@ -31,13 +31,17 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a medzoo checkpoint; raises naming the file when it is missing or not one."""
+def load_checkpoint(path: str | Path, map_location="cpu", weights_only: bool = True) -> dict:
+    """Load a medzoo checkpoint; raises naming the file when it is missing or not one.
+
+    ``weights_only=True`` (safe unpickling) reads ``best.pt``; ``last.pt`` holds numpy RNG
+    state and needs ``False``: use that only for files this run wrote itself.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

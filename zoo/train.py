@@ -329,7 +329,7 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
     run = _Run()
     last, best = mdir / "last.pt", mdir / "best.pt"
     if last.exists():
-        ckpt = load_checkpoint(last, map_location=device)
+        ckpt = load_checkpoint(last, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
