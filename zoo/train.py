@@ -209,7 +209,11 @@ def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=N
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    """``history.csv``: one row per epoch with :data:`HISTORY_COLUMNS` (atomic)."""
+    """``history.csv``: one row per epoch with :data:`HISTORY_COLUMNS` (atomic).
+
+    ``lr`` is the learning rate of the epoch's first step; ``seconds`` covers training and validation;
+    ``val_loss`` is the unweighted cross-entropy of the validation probabilities.
+    """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -223,6 +227,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from ensemble.fileio import atomic_path
 
@@ -234,6 +239,8 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     a.legend()
     b.plot(ep, [h["val_auc"] for h in history], "o-", color="C2")
     b.set(xlabel="epoch", ylabel="ROC-AUC", title="validation ROC-AUC")
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
