@@ -155,14 +155,14 @@ def parse_config(raw: dict, overrides: dict | None = None, source: str | None = 
         if key not in raw:
             raise ValueError(f"the config lacks required key {key!r} (e.g. {key} = \"pneumoniamnist\")")
     kwargs = {k: raw[k] for k in top if k in raw}
-    for k in ("run", "dataset", "device"):
+    for k in ("run", "dataset", "device", "data_root"):
         if k in kwargs and not isinstance(kwargs[k], str):
             raise ValueError(f"{k} = {kwargs[k]!r}; expected a string")
     _check_type("seed", kwargs.get("seed", 0), int)
     _check_device(kwargs.get("device", "auto"))
     for k in ("dist_timeout", "claim_timeout"):
         if k in kwargs:
-            _check_type(k, kwargs[k], float)
+            kwargs[k] = _check_type(k, kwargs[k], float)
             if kwargs[k] <= 0:
                 raise ValueError(f"{k} = {kwargs[k]}; must be > 0 seconds")
     for k in SECTIONS:
