@@ -172,15 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loader-size", type=int, default=224, help="image size for (d)")
     parser.add_argument("--loader-batch-size", type=int, default=128)
     parser.add_argument("--loader-images", type=int, default=1024)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (default: zoo.loader.keep_freed_memory())")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved repeats of every measurement; the best is kept (the machine is shared)")
     args = parser.parse_args(argv)
 
     from zoo.datasets import load_images
+    from zoo.loader import keep_freed_memory
 
+    kept = False if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.workers} DataLoader workers, "
-          f"load average {os.getloadavg()[0]:.2f}; augmentation {AUGMENT}")
+          f"malloc keeps freed memory: {kept}, load average {os.getloadavg()[0]:.2f}; augmentation {AUGMENT}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "jpegs"
         if args.jpegs:

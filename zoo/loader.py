@@ -1,9 +1,9 @@
 """In-memory batch loader: uint8 images in, normalised (and augmented) float batches on the device out.
 
-The split's images live in one uint8 tensor [N, H, W, 3]. Each batch is gathered with one
-``index_select``, copied to the device (pinned and non-blocking on CUDA), converted to float there and
-augmented and normalised there by ``zoo.augment.augment_batch``: no worker processes, no per-image
-Python work.
+The split's images live in one uint8 tensor, laid out as the batches will be (NCHW, or NHWC for
+channels_last). Each batch is gathered with one ``index_select``, copied to the device (pinned and
+non-blocking on CUDA), then converted to float, augmented and normalised there by
+``zoo.augment.augment_batch``: no worker processes, no per-image Python work.
 """
 from __future__ import annotations
 
@@ -16,6 +16,27 @@ from zoo.augment import augment_batch, check_config
 from zoo.models import IMAGENET_MEAN, IMAGENET_STD
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the OS (Linux).
+
+    A CPU training step allocates and frees the same large tensors (a 128 x 3 x 224 x 224 float batch is
+    77 MB) every batch. By default glibc serves each from a fresh ``mmap``, so every pass over a new
+    tensor first page-faults all of it: on the 2-core benchmark machine that made the loader 1.5-2x
+    slower (``benchmarks/speed_train.py``). This disables ``mmap`` for allocations and never trims the
+    heap: memory freed stays mapped for the next batch, and the process keeps its peak size.
+    Process-wide; call once at start-up of a CPU run. Returns False where it does not apply (no glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**62))
+    except (OSError, AttributeError):
+        return False
+
+
 def _seed(*parts: int) -> int:
     """A 63-bit seed mixing several integers (seed, epoch, stream, rank) without collisions like a + b."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -26,8 +47,9 @@ class BatchLoader:
 
     images: uint8 [N, H, W, 3] (numpy or torch, RGB); labels: int64 [N] (-1 = unknown is passed through).
     Yields x float32 [B, 3, H, W] normalised with mean/std (in [0, 1] units) on ``device``, optionally
-    augmented (``augment``: a ``zoo.augment.check_config`` dict) and in channels_last memory format;
-    y int64 [B] on ``device``; idx int64 [B] on the CPU: the rows of the split in this batch.
+    augmented (``augment``: a ``zoo.augment.check_config`` dict), in channels_last memory format when
+    asked; y int64 [B] on ``device``; idx int64 [B] on the CPU: the rows of the split in this batch.
+    Holds one uint8 copy of the images (none for a contiguous NHWC array with channels_last).
 
     Order: with ``shuffle`` a permutation drawn from (seed, epoch), else 0..N-1. Call ``set_epoch(e)``
     before each epoch; batches and augmentation are a function of (seed, epoch, rank) only.
