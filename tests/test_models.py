@@ -59,6 +59,14 @@ def test_metadata():
     assert {model_info(n).family for n in list_models()} == {"resnet", "densenet", "vgg", "inception", "squeezenet"}
 
 
+@pytest.mark.parametrize("name", ["vgg11", "inception_v3"])
+def test_min_size_is_the_real_minimum_where_the_architecture_has_one(name):
+    model = create_model(name, num_classes=2).train()
+    size = model_info(name).min_size
+    with pytest.raises(RuntimeError):
+        forward_logits(model, torch.rand(2, 3, size - 1, size - 1))
+
+
 def test_heads_replaced_per_family():
     assert create_model("resnet18", 4).fc.out_features == 4
     assert create_model("densenet121", 4).classifier.out_features == 4

@@ -76,12 +76,12 @@ def register(name: str, family: str, *, min_size: int = 32, default_size: int = 
     return deco
 
 
-def _torchvision(name: str, **kwargs) -> Callable[[], nn.Module]:
-    return lambda: getattr(torchvision.models, name)(weights=None, **kwargs)
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    return lambda: getattr(torchvision.models, name)(weights=None)
 
 
-# Minimum sizes: 32 px leaves the last stage of the stride-32 families (ResNet, DenseNet, VGG) a 1x1 map
-# and SqueezeNet a 2x2 one; smaller inputs run for some of them but make the deepest stages pool nothing.
+# Minimum size 32 px: the last stage of ResNet, DenseNet, VGG and SqueezeNet then sees a 1x1 map. Some
+# run on less (ResNet on 8 px), but their deepest stages then only see padding; VGG fails below 32.
 for _depth in (18, 34, 50, 101, 152):
     register(f"resnet{_depth}", "resnet")(_torchvision(f"resnet{_depth}"))
 for _depth in (121, 161, 169, 201):
