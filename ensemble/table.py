@@ -11,6 +11,8 @@ This module imports neither torch nor ``zoo``: both sides of the toolkit share i
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,12 +108,15 @@ class ProbabilityTable:
     def write(self, path: str | Path) -> Path:
         """Write the CSV and its JSON sidecar atomically; return the CSV path."""
         path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow([*FIXED_COLUMNS, *self.classes])
-            for i, lab, row in zip(self.ids, self.label_names(), self.probs):
-                w.writerow([i, lab, *(f"{v:.10g}" for v in row)])
-        write_json(sidecar_path(path), {**self.meta, "classes": self.classes, "n": len(self.ids)})
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow([*FIXED_COLUMNS, *self.classes])
+        w.writerows([i, lab, *(f"{v:.10g}" for v in row)] for i, lab, row in zip(self.ids, self.label_names(), self.probs))
+        data = buf.getvalue().encode()
+        write_json(sidecar_path(path), {**self.meta, "classes": self.classes, "n": len(self.ids),
+                                        "sha256": hashlib.sha256(data).hexdigest()})
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
         return path
 
     @classmethod
@@ -120,8 +125,8 @@ class ProbabilityTable:
         path = Path(path)
         if not path.exists():
             raise TableError(f"no probability table at {path}")
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+        data = path.read_bytes()
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
         if not rows:
             raise TableError(f"{path}: empty file; expected header {','.join(FIXED_COLUMNS)},<classes...>")
         header = rows[0]
@@ -135,6 +140,11 @@ class ProbabilityTable:
             meta = json.loads(side.read_text())
             named = meta.pop("classes", classes)
             n = meta.pop("n", None)
+            digest = meta.pop("sha256", None)
+            if digest is not None and digest != hashlib.sha256(data).hexdigest():
+                raise TableError(f"{path}: the CSV is not the one its sidecar {side.name} describes (edited, or "
+                                 f"a write was interrupted); write the table again, or delete {side.name} to "
+                                 f"read the CSV without its metadata")
             if list(named) != classes:
                 raise TableError(f"{path}: columns {classes} differ from the sidecar's classes {named}")
             if n is not None and n != len(rows) - 1:

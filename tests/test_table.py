@@ -1,6 +1,7 @@
 """The probability table: round trip, reading other tools' tables, validation errors, alignment."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -22,6 +23,7 @@ def test_round_trip(tmp_path):
         "c,,0.3333333333,0.6666666667"]
     side = json.loads(sidecar_path(path).read_text())
     assert side["classes"] == ["benign", "malignant"] and side["n"] == 3 and side["member"] == "resnet18"
+    assert side["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     back = ProbabilityTable.read(path)
     assert back.ids == ["a", "b", "c"] and back.classes == ["benign", "malignant"]
     assert back.labels.tolist() == [0, 1, -1] and back.labels.dtype == np.int64
@@ -98,6 +100,25 @@ def test_read_checks_the_sidecar_and_missing_files(tmp_path):
         ProbabilityTable.read(path)
     with pytest.raises(TableError, match="no probability table at"):
         ProbabilityTable.read(tmp_path / "none.csv")
+
+
+def test_a_csv_its_sidecar_does_not_describe_is_refused(tmp_path):
+    path = table().write(tmp_path / "t.csv")
+    path.write_text(path.read_text().replace("0.25,0.75", "0.75,0.25"))
+    with pytest.raises(TableError, match="not the one its sidecar t.json describes"):
+        ProbabilityTable.read(path)
+    sidecar_path(path).unlink()
+    assert ProbabilityTable.read(path).probs[1].tolist() == [0.75, 0.25]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = table().write(tmp_path / "t.csv")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sidecar_path(path).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_read_accepts_a_byte_order_mark(tmp_path):
