@@ -572,7 +572,7 @@ def _dataset_test_ids(run_dir: Path) -> tuple[list[str] | None, str]:
         return None, f"not checked against a test list: {run_dir}/config.json names no dataset"
     try:
         from zoo.datasets import open_dataset
-        ds = open_dataset(dataset)
+        ds = open_dataset(dataset, data_root=json.loads((run_dir / "config.json").read_text()).get("data_root"))
         return list(ds.records("test").ids), f"checked against the {len(ds.records('test').ids)} test images of {ds.name}"
     except (ImportError, FileNotFoundError, ValueError, KeyError) as e:
         return None, f"not checked against the dataset's test list ({type(e).__name__}: {e})"

@@ -132,7 +132,7 @@ def gather_by_index(values: torch.Tensor, index: torch.Tensor, total: int) -> to
     Ranks may hold different counts and the same row more than once (padded shards); each
     row is kept once. Raises when some row in ``0..total-1`` came from no rank.
     """
-    values, index = values.float(), index.long().to(values.device)
+    values, index = values.double(), index.long().to(values.device)
     if info().enabled:
         world = info().world_size
         n = torch.tensor([values.shape[0]], device=values.device)

@@ -43,7 +43,7 @@ def predict_probs(model: torch.nn.Module, images, *, mean, std, device, batch_si
     out, rows = [], []
     for x, _, idx in loader:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            p = sum(torch.softmax(model(x.flip(f) if f else x).float(), dim=1) for f in flips)
+            p = sum(torch.softmax(model(x.flip(f) if f else x).double(), dim=1) for f in flips)
         out.append(p / len(flips))
         rows.append(idx)
     model.train(was_training)

@@ -18,7 +18,7 @@ import random
 import socket
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -405,11 +405,15 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
         if on_epoch is not None:
             on_epoch(run.epoch)
     distributed.barrier()
-    return _finish(cfg, member, run_dir, run, data, device, amp_dtype, channels_last, say)
+    return _finish(cfg, member, run_dir, run, data, device, channels_last, say)
 
 
-def _finish(cfg, member, run_dir, run, data, device, amp_dtype, channels_last, say) -> dict:
-    """Predict val/test with ``best.pt`` and write the tables and ``done.json``."""
+def _finish(cfg, member, run_dir, run, data, device, channels_last, say) -> dict:
+    """Predict val/test with ``best.pt`` and write the tables and ``done.json``.
+
+    Tables are predicted in full precision (no autocast): bf16/fp16 logits would tie
+    confident images and blur every AUC computed from the tables.
+    """
     from zoo.checkpoint import model_from_checkpoint
 
     mdir = run_dir / "members" / member.id
@@ -424,8 +428,7 @@ def _finish(cfg, member, run_dir, run, data, device, amp_dtype, channels_last, s
         if split == "train":
             continue
         probs = predict_probs(model, arrays.images, mean=ckpt["mean"], std=ckpt["std"], device=device,
-                              batch_size=member.train.batch_size, flips=flips, amp_dtype=amp_dtype,
-                              channels_last=channels_last)
+                              batch_size=member.train.batch_size, flips=flips, channels_last=channels_last)
         known = arrays.labels >= 0
         aucs[split] = roc_auc(arrays.labels[known], probs[known]) if known.all() else None
         if distributed.info().is_main:
@@ -502,7 +505,7 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
     with distributed.session(device, cfg.dist_timeout) as dist:
         say = _logger(log, dist.is_main)
         if dist.is_main:
-            save_config(cfg, run_dir)
+            _record_run(cfg, run_dir)
         for m in chosen:
             mdir = run_dir / "members" / m.id
             claim, holder = None, None
@@ -548,6 +551,18 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
                 if claim is not None:
                     claim.release()
     return results
+
+
+def _record_run(cfg: ZooConfig, run_dir: Path) -> None:
+    """Save the resolved config (with the absolute data root, so later commands find the data)
+    and, when the dataset's splits were made rather than given, the split of every image."""
+    from zoo.datasets import open_dataset, resolve_data_root
+
+    root = str(resolve_data_root(cfg.data_root).resolve())
+    save_config(replace(cfg, data_root=root), run_dir)
+    ds = open_dataset(cfg.dataset, data_root=root)
+    if ds.made is not None:
+        ds.write_splits(run_dir / "splits" / f"{ds.name}.csv")
 
 
 def _read_json(path: Path) -> dict:
