@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from ensemble.aggregators import unknown_name
 from ensemble.fileio import write_json
+
+LEADERBOARD_KEYS = ("threshold", "sensitivity", "bootstrap", "seed")
 
 
 def environment(device: str) -> dict:
@@ -72,6 +75,9 @@ def run_bench(config_path: str | Path, results_dir: str | Path = "results", memb
     if missing:
         log(f"members not available: {', '.join(missing)} (see medzoo status {run_dir}); continuing without them")
     stage("ensemble", lambda: ensemble_run(run_dir, config=cfg.ensemble, log=log))
+    for key in cfg.leaderboard:
+        if key not in LEADERBOARD_KEYS:
+            raise ValueError(unknown_name("[leaderboard] key", key, LEADERBOARD_KEYS))
     board = stage("leaderboard", lambda: write_leaderboard(run_dir, **cfg.leaderboard))
     log(to_terminal(board))
     submission = stage("submission", lambda: submit_run(run_dir))

@@ -28,4 +28,6 @@ def _bench(args) -> int:
     print(f"leaderboard: {run_dir / 'leaderboard.md'}")
     sub = out["submission"]
     print(f"submission: {sub.path} ({sub.rows} rows, {sub.format}, entry {sub.entry}; {sub.checked})")
+    print(f"next: medzoo status {run_dir} | medzoo submit {run_dir} --entry ENTRY | "
+          f"medzoo leaderboard {run_dir} --threshold sens:0.95")
     return 0
