@@ -7,9 +7,14 @@ anything: the members' validation AUCs). The learned combiners live in :data:`CO
 subset of members under each aggregator, ranked by validation ROC-AUC).
 
 No method may see test labels: ``fit`` raises for a table whose sidecar says split "test".
+
+The learned combiners' ``validation_table()`` is out-of-fold (see :meth:`Combiner.fit`), so the
+validation AUC that ranks them on the leaderboard is not scored on the images they were fitted
+on. ``softmax_auc`` learns one number per member from validation and reports in-sample.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Sequence
 
@@ -30,12 +35,16 @@ class Combiner:
     """Base: ``fit(tables)`` on validation tables, ``predict(tables)`` -> :class:`ProbabilityTable`.
 
     Subclasses implement ``_fit(probs [M, N, C], labels [N])`` and ``_predict(probs) -> [N, C]``
-    and may add sidecar entries in ``info`` (a dict). ``validation_table()`` is the method's
-    output on the tables it was fitted on.
+    and may add sidecar entries in ``info`` (a dict). With ``out_of_fold`` set (the learned
+    combiners, which then have ``folds`` and ``seed``), ``validation_table()`` holds out-of-fold
+    outputs: K = min(folds, smallest class count) stratified, seeded folds of the validation
+    images, each predicted by the method refitted on the other K - 1; ``predict`` uses the fit on
+    all of them. Otherwise it is the output on the tables it was fitted on.
     """
 
     name = "?"
     needs_labels = True
+    out_of_fold = False
 
     def fit(self, tables: Sequence[ProbabilityTable]) -> "Combiner":
         for t in tables:
@@ -51,7 +60,29 @@ class Combiner:
         self.info: dict = {}
         self._fit_tables = list(tables)
         self._fit(probs, labels)
+        self._val_probs = self._predict(probs)
+        if self.out_of_fold:
+            in_sample = float(auc(self._val_probs, labels))
+            self._val_probs = self._cross_validate(probs, labels)
+            self.info.update(val_auc_out_of_fold=float(auc(self._val_probs, labels)), val_auc_in_sample=in_sample)
         return self
+
+    def _cross_validate(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Out-of-fold outputs ``[N, C]`` for ``probs`` ``[M, N, C]``; records ``info["folds"]``."""
+        from sklearn.model_selection import StratifiedKFold
+        smallest = int(np.bincount(labels, minlength=probs.shape[2]).min())
+        folds = min(self.folds, smallest)
+        if folds < 2:
+            raise ValueError(f"{self.name} is scored out-of-fold on validation and needs at least 2 images of "
+                             f"every class; the smallest class has {smallest}")
+        out = np.empty(probs.shape[1:])
+        for train, held in StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(labels, labels):
+            part = copy.copy(self)
+            part.info = {}
+            part._fit(probs[:, train], labels[train])
+            out[held] = part._predict(probs[:, held])
+        self.info["folds"] = folds
+        return out
 
     def predict(self, tables: Sequence[ProbabilityTable]) -> ProbabilityTable:
         if not hasattr(self, "members"):
@@ -65,8 +96,11 @@ class Combiner:
         return self._table(tables, ids, self._predict(probs), labels)
 
     def validation_table(self) -> ProbabilityTable:
-        """The output on the validation tables used in ``fit`` (in-sample unless the method says otherwise)."""
-        return self.predict(self._fit_tables)
+        """The output ``[N, C]`` on the validation tables used in ``fit``: out-of-fold where ``out_of_fold``."""
+        if not hasattr(self, "members"):
+            raise ValueError(f"{self.name} must be fitted on validation tables before validation_table")
+        ids, _, _, labels = align(self._fit_tables)
+        return self._table(self._fit_tables, ids, self._val_probs, labels)
 
     def sidecar(self) -> dict:
         """What made the output: method, members and weights, plus method-specific entries."""
@@ -102,7 +136,7 @@ class AggregatorMethod(Combiner):
         self._params = {k: _per_member(v, self.members, k) for k, v in self.params.items()}
         if self.name == "softmax_auc":
             self._params["aucs"] = validation_aucs(probs, labels)
-            self.info["val_aucs"] = self._params["aucs"].tolist()
+            self.info.update(val_aucs=self._params["aucs"].tolist(), in_sample=True)
 
     def _predict(self, probs):
         return self.aggregator(probs, **self._params)
@@ -173,10 +207,9 @@ class Stacking(Combiner):
     """Logistic regression on the members' validation probabilities.
 
     Features ``[N, M]`` (two classes: each member's positive probability) or ``[N, M * C]``.
-    ``validation_table()`` holds out-of-fold predictions from a stratified ``folds``-fold
-    cross-validation on the validation set, so its validation AUC is honest; ``predict``
-    uses the model refitted on the whole validation set.
     """
+
+    out_of_fold = True
 
     def __init__(self, folds: int = 5, C: float = 1.0, seed: int = 0):
         self.folds, self.C, self.seed = int(folds), float(C), int(seed)
@@ -191,25 +224,11 @@ class Stacking(Combiner):
         return LogisticRegression(C=self.C, max_iter=1000)
 
     def _fit(self, probs, labels):
-        from sklearn.model_selection import StratifiedKFold, cross_val_predict
-        x = self._features(probs)
-        smallest = int(np.bincount(labels, minlength=probs.shape[2]).min())
-        folds = min(self.folds, smallest)
-        if folds < 2:
-            raise ValueError(f"stacking cross-validates on validation and needs at least 2 images of every class; "
-                             f"the smallest class has {smallest}")
-        cv = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
-        self._oof = cross_val_predict(self._model(), x, labels, cv=cv, method="predict_proba")
-        self.model = self._model().fit(x, labels)
-        self.info.update(folds=folds, C=self.C, val_auc_cross_validated=auc(self._oof, labels),
-                         intercept=self.model.intercept_.tolist(), coef=self.model.coef_.tolist())
+        self.model = self._model().fit(self._features(probs), labels)
+        self.info.update(C=self.C, intercept=self.model.intercept_.tolist(), coef=self.model.coef_.tolist())
 
     def _predict(self, probs):
         return self.model.predict_proba(self._features(probs))
-
-    def validation_table(self) -> ProbabilityTable:
-        ids, _, _, labels = align(self._fit_tables)
-        return self._table(self._fit_tables, ids, self._oof, labels)
 
 
 @register_combiner("greedy")
@@ -220,14 +239,18 @@ class GreedySelection(Combiner):
     then adds, ``steps`` times, the member whose addition to the running mean gives the best
     validation AUC (ties: lowest member index), and keeps the prefix of steps with the best
     AUC (the longest such prefix: re-adding the one best member keeps its AUC). Each bag's ensemble is the mean of its selections (weights = its counts / its steps);
-    the result averages the bags' ensembles. ``info["selection_counts"]`` sums the counts.
+    the result averages the bags' ensembles. ``info["selection_counts"]`` sums the counts of the
+    fit on all validation images.
     """
 
-    def __init__(self, steps: int = 50, bags: int = 20, bag_fraction: float = 0.5, seed: int = 0):
+    out_of_fold = True
+
+    def __init__(self, steps: int = 50, bags: int = 20, bag_fraction: float = 0.5, folds: int = 5, seed: int = 0):
         if steps < 1 or bags < 1 or not 0 < bag_fraction <= 1:
             raise ValueError(f"greedy needs steps >= 1, bags >= 1 and 0 < bag_fraction <= 1; "
                              f"got steps={steps}, bags={bags}, bag_fraction={bag_fraction}")
-        self.steps, self.bags, self.bag_fraction, self.seed = int(steps), int(bags), float(bag_fraction), int(seed)
+        self.steps, self.bags, self.bag_fraction = int(steps), int(bags), float(bag_fraction)
+        self.folds, self.seed = int(folds), int(seed)
 
     def _fit(self, probs, labels):
         m = probs.shape[0]
@@ -316,12 +339,14 @@ class SubsetSearch(Combiner):
     Each aggregator is scored first by histogram bounds on every subset's AUC, then exactly
     where a bound says it can matter (see ``_exact_candidates``).
     Ranking: higher AUC first, then fewer members, then aggregator order, then subset order.
-    The best (aggregator, subset) is the ensemble; ``info["top"]`` lists the best ``top``.
-    At most 16 members.
+    The best (aggregator, subset) on all validation images is the ensemble; ``info["top"]``
+    lists the best ``top`` (their AUCs are in-sample). At most 16 members.
     """
 
+    out_of_fold = True
+
     def __init__(self, aggregators: Sequence[str] | None = None, temperature: float = DEFAULT_TEMPERATURE,
-                 threshold=None, top: int = 20):
+                 threshold=None, top: int = 20, folds: int = 5, seed: int = 0):
         for a in aggregators or []:
             get_aggregator(a)
             if a == "weighted_mean":
@@ -329,6 +354,7 @@ class SubsetSearch(Combiner):
                                  "use softmax_auc or mean")
         self.aggregators = None if aggregators is None else list(aggregators)
         self.temperature, self.threshold, self.top = temperature, threshold, int(top)
+        self.folds, self.seed = int(folds), int(seed)
 
     def _params(self, name: str) -> dict:
         if name == "softmax_auc":

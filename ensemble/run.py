@@ -3,14 +3,15 @@
 Methods are fitted on the members' validation tables only, then applied to the validation
 and (when present) test tables. Each output is a probability table whose sidecar names the
 method, the members, their weights and method-specific entries (selection counts, the
-chosen subset, stacking coefficients, the validation AUC).
+chosen subset, stacking coefficients, the validation AUC). The learned combiners' validation
+tables and AUCs are out-of-fold (their sidecars also give the in-sample AUC).
 
 The ``[ensemble]`` section of a config (a dict here) may hold:
 ``methods`` (list), ``members`` (list of member ids to use), ``temperature`` (softmax_auc and
 subset_search), ``threshold`` (vote threshold: a number or ``{member: t}``), ``weights``
 (``{member: w}`` or ``{member: [w per class]}``, enables ``weighted_mean``), ``seed``, and
-option tables ``greedy`` (steps, bags, bag_fraction), ``stacking`` (folds, C) and
-``subset_search`` (aggregators, top).
+option tables ``greedy`` (steps, bags, bag_fraction, folds), ``stacking`` (folds, C) and
+``subset_search`` (aggregators, top, folds).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def method_options(name: str, config: dict) -> dict:
     if name in ("greedy", "stacking"):
         return {**seed, **config.get(name, {})}
     if name == "subset_search":
-        return {**{k: config[k] for k in ("temperature", "threshold") if k in config}, **config.get(name, {})}
+        return {**seed, **{k: config[k] for k in ("temperature", "threshold") if k in config}, **config.get(name, {})}
     return {}
 
 
@@ -92,7 +93,8 @@ def ensemble_run(run_dir: str | Path, methods=None, config: dict | None = None, 
 
     ``methods`` overrides ``config["methods"]``; default :func:`default_methods`. Returns
     ``{method: {"dir": str, "members": [ids], "val_auc": float | None, "test": bool}}``;
-    ``val_auc`` is in-sample for learned methods except stacking (out-of-fold).
+    ``val_auc`` is out-of-fold for the learned combiners (greedy, stacking, subset_search) and
+    in-sample for ``softmax_auc``.
     """
     run_dir = Path(run_dir)
     config = check_config(config)

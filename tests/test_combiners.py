@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 
 from ensemble.auc import auc
 from ensemble.combiners import COMBINERS, SubsetSearch, all_subsets, make_method
@@ -43,10 +44,49 @@ def test_greedy_picks_the_much_better_member_most():
 def test_independent_noisy_members_ensemble_beats_each_member():
     p1, y = noisy_members([0.8] * 5, 400, 2)
     best_member = max(roc_auc_score(y, p) for p in p1)
-    for name in ("mean", "softmax_auc", "greedy", "stacking"):
+    for name in ("mean", "softmax_auc", "greedy", "stacking", "subset_search"):
         method = make_method(name).fit(tables(p1, y))
         val = method.validation_table()
         assert auc(val.probs, val.labels) > best_member + 0.02, name
+        if name in COMBINERS:  # the table's AUC is the out-of-fold one
+            assert auc(val.probs, y) == pytest.approx(method.info["val_auc_out_of_fold"], abs=1e-12), name
+            assert method.info["folds"] == 5, name
+
+
+@pytest.mark.parametrize("name, options", [("greedy", {"steps": 5, "bags": 3}), ("subset_search", {"aggregators": ["mean"]}),
+                                           ("stacking", {})])
+def test_validation_rows_come_from_fits_that_did_not_see_them(name, options):
+    p1, y = noisy_members([0.9, 0.6, 0.3, 0.2], 60, 11)
+    method = make_method(name, folds=3, seed=4, **options).fit(tables(p1, y))
+    expected = np.empty((60, 2))
+    for train, held in StratifiedKFold(3, shuffle=True, random_state=4).split(y, y):
+        part = make_method(name, folds=3, seed=4, **options).fit(tables(p1[:, train], y[train]))
+        expected[held] = part.predict(tables(p1[:, held], y[held])).probs
+    np.testing.assert_allclose(method.validation_table().probs, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, options", [("greedy", {"bags": 1}), ("subset_search", {})])
+def test_a_member_perfect_on_validation_is_still_chosen_out_of_fold(name, options):
+    p1, y = noisy_members([0.3, 0.3, 0.3], 80, 12)
+    perfect = np.where(y == 1, 0.6, 0.4) + np.random.default_rng(0).uniform(-0.05, 0.05, 80)
+    # first, so that greedy's ties (a noisy member added without changing the AUC) also go to it
+    method = make_method(name, **options).fit(tables(np.vstack([perfect, p1]), y))
+    assert method.info["val_auc_out_of_fold"] == 1.0 == method.info["val_auc_in_sample"]
+    val = method.validation_table()
+    assert auc(val.probs, y) == 1.0 and val.meta["val_auc_out_of_fold"] == 1.0
+
+
+def test_subset_search_out_of_fold_exposes_an_overfit_subset():
+    # ten members of pure noise on 24 images: the best of 1023 subsets looks good in-sample only
+    rng = np.random.default_rng(1)
+    y = np.tile([0, 1], 12)
+    p1 = rng.uniform(size=(10, 24))
+    search = make_method("subset_search", aggregators=["mean"]).fit(tables(p1, y))
+    in_sample, oof = search.info["val_auc_in_sample"], search.info["val_auc_out_of_fold"]
+    assert in_sample == pytest.approx(search.info["top"][0]["val_auc"], abs=1e-12)
+    assert in_sample > 0.8 and oof < in_sample - 0.25
+    assert auc(search.validation_table().probs, y) == pytest.approx(oof, abs=1e-12)
+    assert auc(search.predict(tables(p1, y)).probs, y) == pytest.approx(in_sample, abs=1e-12)
 
 
 def test_greedy_single_bag_is_deterministic_with_ties_to_the_lowest_index():
@@ -62,7 +102,8 @@ def test_stacking_validation_is_out_of_fold_and_predicts_test():
     val = stack.validation_table()
     in_sample = stack.predict(tables(p1, y))
     assert val.ids == in_sample.ids and not np.allclose(val.probs, in_sample.probs)
-    assert stack.info["folds"] == 4 and stack.info["val_auc_cross_validated"] == pytest.approx(auc(val.probs, y))
+    assert stack.info["folds"] == 4 and stack.info["val_auc_out_of_fold"] == pytest.approx(auc(val.probs, y))
+    assert stack.info["val_auc_in_sample"] == pytest.approx(auc(in_sample.probs, y))
     assert len(stack.info["coef"][0]) == 3
     tp1, ty = noisy_members([1.0, 0.5, 0.2], 60, 5)
     test = stack.predict(tables(tp1, np.full(60, -1), split="test"))
@@ -127,6 +168,21 @@ def test_method_names_and_options_are_checked():
         make_method("subset_search", aggregators=["mean", "weighted_mean"])
     with pytest.raises(ValueError, match="unknown aggregator 'medain'; did you mean 'median'"):
         make_method("subset_search", aggregators=["medain"])
+
+
+@pytest.mark.parametrize("name", sorted(COMBINERS))
+def test_learned_methods_need_two_images_of_every_class(name):
+    p1, _ = noisy_members([1.0, 0.5], 6, 14)
+    y = np.array([0, 0, 0, 0, 0, 1])
+    with pytest.raises(ValueError, match=f"{name} is scored out-of-fold on validation and needs at least 2 images "
+                                         f"of every class; the smallest class has 1"):
+        make_method(name).fit(tables(p1, y))
+
+
+def test_softmax_auc_says_its_validation_is_in_sample():
+    p1, y = noisy_members([1.0, 0.5], 40, 15)
+    side = make_method("softmax_auc").fit(tables(p1, y)).validation_table().meta
+    assert side["in_sample"] is True and "val_auc_out_of_fold" not in side
 
 
 def test_labels_needed_to_learn():

@@ -44,8 +44,13 @@ def test_every_default_method_writes_val_and_test_tables(tmp_path):
     assert side["weights"] == {"alpha": 0.25, "beta": 0.25, "gamma": 0.5}
     greedy = json.loads((run / "ensembles" / "greedy" / "val.json").read_text())
     assert set(greedy["selection_counts"]) == set(MEMBERS) and sum(greedy["weights"].values()) == pytest.approx(1)
+    for method in ("greedy", "stacking", "subset_search"):  # ranked by out-of-fold AUC, in-sample kept apart
+        side = json.loads((run / "ensembles" / method / "val.json").read_text())
+        assert side["val_auc"] == results[method]["val_auc"] == pytest.approx(side["val_auc_out_of_fold"], abs=1e-12)
+        assert side["folds"] == 5 and 0.5 < side["val_auc_in_sample"] <= 1
     subset = json.loads((run / "ensembles" / "subset_search" / "val.json").read_text())
-    assert subset["selected"] and subset["top"][0]["val_auc"] == pytest.approx(subset["val_auc"])
+    assert subset["selected"] and subset["top"][0]["val_auc"] == pytest.approx(subset["val_auc_in_sample"])
+    assert json.loads((run / "ensembles" / "softmax_auc" / "val.json").read_text())["in_sample"] is True
 
 
 def test_test_tables_are_the_method_applied_to_test(tmp_path):
