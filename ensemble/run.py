@@ -29,17 +29,35 @@ DEFAULT_METHODS = ("mean", "weighted_mean", "median", "geometric_mean", "rank_me
                    "majority_vote_mean", "softmax_auc", "greedy", "stacking", "subset_search")
 
 
-def load_member_tables(run_dir: str | Path, members=None) -> tuple[list[ProbabilityTable], list[ProbabilityTable]]:
+def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[list[ProbabilityTable],
+                                                                              list[ProbabilityTable]]:
     """``(val tables, test tables)`` of the run's members, in member-id order (test empty when no member has one).
 
-    Members are the folders under ``predictions/`` holding a ``val.csv``; ``members`` restricts
-    them. Raises naming members that lack a table the others have.
+    Members are the folders under ``predictions/`` holding a ``val.csv`` and, when the run has a
+    ``members/`` folder, a finished ``members/<id>/done.json`` (written after the tables, so a
+    member another job is still writing is left out). Skipped folders are logged with the reason.
+    ``members`` restricts them; asking for one that was skipped raises. Raises naming members
+    that lack a test table the others have.
     """
-    pred = Path(run_dir) / "predictions"
-    found = sorted(d.name for d in pred.iterdir() if (d / "val.csv").exists()) if pred.is_dir() else []
+    run_dir = Path(run_dir)
+    pred, trained = run_dir / "predictions", run_dir / "members"
+    folders = sorted(d.name for d in pred.iterdir() if d.is_dir()) if pred.is_dir() else []
+    skipped = {}
+    for m in folders:
+        if not (pred / m / "val.csv").exists():
+            skipped[m] = f"no {pred / m / 'val.csv'}"
+        elif trained.is_dir() and not (trained / m / "done.json").exists():
+            skipped[m] = f"not finished: no {trained / m / 'done.json'}"
+    for m, why in skipped.items():
+        if log:
+            log(f"skipping member {m!r}: {why}")
+    found = [m for m in folders if m not in skipped]
     if not found:
-        raise FileNotFoundError(f"no member tables under {pred} (expected predictions/<member>/val.csv)")
+        raise FileNotFoundError(f"no member tables under {pred} (expected predictions/<member>/val.csv"
+                                f"{' and members/<member>/done.json' if trained.is_dir() else ''})")
     for m in members or []:
+        if m in skipped:
+            raise ValueError(f"member {m!r} cannot be used: {skipped[m]}")
         if m not in found:
             raise ValueError(unknown_name("member", m, found))
     names = list(members) if members else found
@@ -98,7 +116,7 @@ def ensemble_run(run_dir: str | Path, methods=None, config: dict | None = None, 
     """
     run_dir = Path(run_dir)
     config = check_config(config)
-    val_tables, test_tables = load_member_tables(run_dir, config.get("members"))
+    val_tables, test_tables = load_member_tables(run_dir, config.get("members"), log)
     classes = align(val_tables)[1]
     if test_tables:
         align(test_tables)

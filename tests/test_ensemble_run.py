@@ -64,6 +64,26 @@ def test_test_tables_are_the_method_applied_to_test(tmp_path):
     assert out.meta["weights"] == pytest.approx(dict(zip(MEMBERS, w)))
 
 
+def test_members_still_being_written_are_skipped_and_logged(tmp_path):
+    run = write_run(tmp_path, members=("alpha", "beta", "gamma", "delta"))
+    for m in ("alpha", "gamma"):
+        (run / "members" / m).mkdir(parents=True)
+        (run / "members" / m / "done.json").write_text("{}")
+    (run / "members" / "beta").mkdir()
+    (run / "predictions" / "delta" / "val.csv").unlink()
+    logged = []
+    res = ensemble_run(run, methods=["mean"], log=logged.append)
+    assert res["mean"]["members"] == ["alpha", "gamma"]
+    assert logged[:2] == [f"skipping member 'beta': not finished: no {run / 'members' / 'beta' / 'done.json'}",
+                          f"skipping member 'delta': no {run / 'predictions' / 'delta' / 'val.csv'}"]
+    with pytest.raises(ValueError, match="member 'beta' cannot be used: not finished: no .*done.json"):
+        ensemble_run(run, methods=["mean"], config={"members": ["alpha", "beta"]}, log=None)
+    (run / "members" / "gamma" / "done.json").unlink()
+    (run / "members" / "alpha" / "done.json").unlink()
+    with pytest.raises(FileNotFoundError, match="expected predictions/<member>/val.csv and members/<member>/done.json"):
+        ensemble_run(run, methods=["mean"], log=None)
+
+
 def test_mismatched_ids_are_named(tmp_path):
     run = write_run(tmp_path)
     t = ProbabilityTable.read(run / "predictions" / "beta" / "val.csv")
