@@ -167,7 +167,10 @@ def combine(parts: Parts, masks: np.ndarray, columns: np.ndarray | None = None) 
     mw = mw if w is None else mw[:, :, None] * w[None] if w.ndim == 2 else mw * w
     total = mw.sum(axis=1, keepdims=True)
     if (total <= 0).any():
-        raise ValueError("member weights sum to 0 over a subset of members; weights must have a positive sum")
+        s = int(np.flatnonzero((total <= 0).reshape(len(masks), -1).any(axis=1))[0])
+        subset = np.flatnonzero(masks[s])
+        raise ValueError(f"member weights sum to 0 over the subset of members {subset.tolist()}: their weights are "
+                         f"{w[subset].tolist()}; weights must have a positive sum over every subset")
     mw = mw / total
     block = max(256, POOL_BLOCK_ELEMENTS // (mw.shape[0] * f))
     out = None

@@ -137,9 +137,65 @@ PARAMS = {"weighted_mean": {"weights": [3.0]}, "softmax_auc": {"aucs": [0.7]}}
 
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
 def test_single_member_comes_back_unchanged(name):
-    # rows that do not sum to 1 show it is the member itself, not a renormalised copy
+    # Aggregator.__call__ returns one member as it is; rows that do not sum to 1 show it is not a renormalised copy
     probs = np.array([[[0.3, 0.6], [0.9, 0.05], [0.5, 0.5], [0.0, 1.0]]])
     np.testing.assert_array_equal(aggregate(name, probs, **PARAMS.get(name, {})), probs[0])
+
+
+@pytest.mark.parametrize("name, params", [("mean", {}), ("median", {}), ("geometric_mean", {}),
+                                          ("weighted_mean", {"weights": [1.0, 3.0]}),
+                                          ("softmax_auc", {"aucs": [0.7, 0.9]})])
+def test_two_identical_members_give_that_member(name, params):
+    # M = 2 takes the full formula (no single-member short cut); rows sum to 1 as geometric_mean renormalises
+    member = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3]])
+    np.testing.assert_allclose(aggregate(name, np.stack([member, member]), **params), member, rtol=0, atol=1e-12)
+
+
+P3 = np.array([[[0.2, 0.3, 0.5], [0.6, 0.2, 0.2], [0.1, 0.8, 0.1], [0.4, 0.4, 0.2]],
+               [[0.5, 0.25, 0.25], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4], [0.1, 0.6, 0.3]],
+               [[0.4, 0.4, 0.2], [0.5, 0.1, 0.4], [0.2, 0.7, 0.1], [0.2, 0.2, 0.6]]])
+
+
+def test_three_class_median_by_hand():
+    # middle of three per image and class, e.g. image 0 class 0: {0.2, 0.5, 0.4} -> 0.4
+    np.testing.assert_allclose(aggregate("median", P3), [[0.4, 0.3, 0.25], [0.5, 0.2, 0.4],
+                                                         [0.2, 0.7, 0.1], [0.2, 0.4, 0.3]], atol=1e-15)
+
+
+def test_three_class_vote_fraction_by_hand():
+    # argmax per member (ties to the lower class): member 0 -> 2, 0, 1, 0 (0.4 = 0.4 on image 3);
+    # member 1 -> 0, 2, 2, 1; member 2 -> 0 (0.4 = 0.4), 0, 1, 2
+    np.testing.assert_allclose(aggregate("majority_vote", P3), [[2 / 3, 0, 1 / 3], [2 / 3, 0, 1 / 3],
+                                                                [0, 2 / 3, 1 / 3], [1 / 3, 1 / 3, 1 / 3]])
+
+
+def test_three_class_rank_mean_by_hand():
+    # each class column ranked over the 4 images, (rank - 1) / 3, ties averaged:
+    # class 0: m0 [.2 .6 .1 .4] -> [1/3 1 0 2/3]; m1 [.5 .2 .3 .1] -> [1 1/3 2/3 0];
+    #          m2 [.4 .5 .2 .2] -> [2/3 1 1/6 1/6] (ranks 1.5, 1.5)  => mean [2/3 7/9 5/18 5/18]
+    # class 1: m0 [.3 .2 .8 .4] -> [1/3 0 1 2/3]; m1 [.25 .2 .3 .6] -> [1/3 0 2/3 1];
+    #          m2 [.4 .1 .7 .2] -> [2/3 0 1 1/3]  => mean [4/9 0 8/9 2/3]
+    # class 2: m0 [.5 .2 .1 .2] -> [1 1/2 0 1/2]; m1 [.25 .6 .4 .3] -> [0 1 2/3 1/3];
+    #          m2 [.2 .4 .1 .6] -> [1/3 2/3 0 1]  => mean [4/9 13/18 2/9 11/18]
+    expected = np.array([[2 / 3, 7 / 9, 5 / 18, 5 / 18], [4 / 9, 0, 8 / 9, 2 / 3], [4 / 9, 13 / 18, 2 / 9, 11 / 18]]).T
+    np.testing.assert_allclose(aggregate("rank_mean", P3), expected, atol=1e-15)
+
+
+def test_three_class_geometric_mean_by_hand():
+    # image 0: sqrt of products [.16 .04 .04] = [.4 .2 .2] -> / 0.8 = [1/2 1/4 1/4]
+    # image 1: sqrt of [.25 .04 .04] = [.5 .2 .2] -> / 0.9 = [5/9 2/9 2/9]
+    # image 2: sqrt of [.01 .09 0] = [.1 .3 ~1e-154] (0 floored at the smallest float) -> [1/4 3/4 ~0]
+    a = [[0.8, 0.1, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]]
+    b = [[0.2, 0.4, 0.4], [0.5, 0.1, 0.4], [0.1, 0.9, 0.0]]
+    np.testing.assert_allclose(aggregate("geometric_mean", np.array([a, b])),
+                               [[1 / 2, 1 / 4, 1 / 4], [5 / 9, 2 / 9, 2 / 9], [1 / 4, 3 / 4, 0]], rtol=0, atol=1e-12)
+
+
+def test_zero_weight_subset_names_the_members_and_weights():
+    with pytest.raises(ValueError, match=r"member weights sum to 0 over the subset of members \[1, 2\]: "
+                                         r"their weights are \[0.0, 0.0\]"):
+        get_aggregator("weighted_mean").over_subsets(binary(A, B, C), np.array([[True, True, False], [False, True, True]]),
+                                                     weights=[1, 0, 0])
 
 
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
