@@ -4,6 +4,7 @@ In one run, for each model, with the same batch size, input size, optimizer and 
   (a) the model alone: forward, backward and optimizer step on one batch already in memory;
   (b) medzoo end to end: ``zoo.train.train_one_epoch`` over ``zoo.loader.BatchLoader`` fed from the
       uint8 arrays medzoo caches (decoded and resized once), augmenting on the device;
+      (a) and (b) alternate every two batches, so a shared machine's load hits both alike;
   (c) a tutorial-style loop: ``torchvision.datasets.ImageFolder`` over the JPEG files, PIL decode and
       torchvision transforms for every image every epoch, ``torch.utils.data.DataLoader`` workers;
 and once: (d) medzoo's loader alone delivering augmented, normalised 224x224 batches.
@@ -90,34 +91,35 @@ def step(model, optimizer, x, y) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def model_alone(name: str, batch: int, size: int, steps: int) -> float:
-    """(a): images/s of forward + backward + step on one batch in memory."""
-    model, optimizer = make_model(name)
-    x, y = torch.randn(batch, 3, size, size), torch.arange(batch) % 2
-    for _ in range(2):
-        step(model, optimizer, x, y)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(model, optimizer, x, y)
-    return steps * batch / (time.perf_counter() - start)
-
-
-def medzoo_loop(name: str, images: np.ndarray, labels: np.ndarray, batch: int, epochs: int) -> float:
-    """(b): images/s of ``train_one_epoch`` over a BatchLoader with augmentation."""
+def model_and_medzoo(name: str, images: np.ndarray, labels: np.ndarray, batch: int, batches: int,
+                     chunk: int = 2) -> tuple[float, float]:
+    """(a) and (b) in alternating chunks of ``chunk`` batches, so both see the same share of whatever
+    else the machine is doing -> (images/s of the model alone on one batch in memory, images/s of
+    ``train_one_epoch`` over a BatchLoader with augmentation)."""
     from zoo.loader import BatchLoader
     from zoo.models import model_info
     from zoo.train import train_one_epoch
 
     info = model_info(name)
-    model, optimizer = make_model(name)
     loader = BatchLoader(images, labels, batch, shuffle=True, seed=0, mean=info.mean, std=info.std,
                          augment=AUGMENT, drop_last=True)
-    train_one_epoch(model, loader, optimizer, F.cross_entropy, max_batches=2, progress=False)
-    seen, start = 0, time.perf_counter()
-    for epoch in range(epochs):
-        loader.set_epoch(epoch + 1)
-        seen += train_one_epoch(model, loader, optimizer, F.cross_entropy, progress=False)["images"]
-    return seen / (time.perf_counter() - start)
+    x, y, _ = next(iter(loader))  # (a) trains on this one batch, kept in memory
+    model_a, optimizer_a = make_model(name)
+    model_b, optimizer_b = make_model(name)
+    seconds, done = [0.0, 0.0], [0, 0]
+    for i in range(-1, -(-batches // chunk)):  # round -1 warms both up
+        start = time.perf_counter()
+        for _ in range(chunk):
+            step(model_a, optimizer_a, x, y)
+        middle = time.perf_counter()
+        loader.set_epoch(i + 1)
+        n = train_one_epoch(model_b, loader, optimizer_b, F.cross_entropy, max_batches=chunk, progress=False)["images"]
+        if i >= 0:
+            seconds[0] += middle - start
+            seconds[1] += time.perf_counter() - middle
+            done[0] += chunk * batch
+            done[1] += n
+    return done[0] / seconds[0], done[1] / seconds[1]
 
 
 def tutorial_loop(name: str, folder: Path, size: int, batch: int, epochs: int, workers: int) -> float:
@@ -197,15 +199,16 @@ def main(argv: list[str] | None = None) -> int:
         cache = load_images(paths, args.size)  # what medzoo's image cache holds: decoded and resized once
         print(f"{source}; size {args.size} px, batch {args.batch_size}, {args.epochs} timed epochs")
         for name in args.models:
+            batches = args.epochs * (len(paths) // args.batch_size)
             runs = []
             for _ in range(args.rounds):
-                runs.append((model_alone(name, args.batch_size, args.size, max(4, args.images // args.batch_size)),
-                             medzoo_loop(name, cache, labels, args.batch_size, args.epochs),
+                runs.append((*model_and_medzoo(name, cache, labels, args.batch_size, batches),
                              tutorial_loop(name, folder, args.size, args.batch_size, args.epochs, args.workers)))
             a, b, c = (max(r[k] for r in runs) for k in range(3))
             print(f"{name:<14} (a) model alone {a:7.1f} img/s  (b) medzoo loop {b:7.1f} img/s  "
-                  f"(c) tutorial loop {c:7.1f} img/s  b/a = {b / a:.2f}  b/c = {b / c:.2f}  "
-                  f"(best of {args.rounds}; b/a per round {', '.join(f'{r[1] / r[0]:.2f}' for r in runs)})")
+                  f"(c) tutorial loop {c:7.1f} img/s  b/a = {b / a:.2f}  b/c = {b / c:.2f}  (best of {args.rounds}; "
+                  f"per round b/a {', '.join(f'{r[1] / r[0]:.2f}' for r in runs)}, "
+                  f"b/c {', '.join(f'{r[1] / r[2]:.2f}' for r in runs)})")
         reps = -(-args.loader_images // len(paths))
         big = np.concatenate([load_images(paths, args.loader_size)] * reps)[:args.loader_images]
     flips_jitter = {k: v for k, v in AUGMENT.items() if k not in ("rotate", "zoom")}
