@@ -26,7 +26,6 @@ Truth files per format:
 from __future__ import annotations
 
 import csv
-import difflib
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -35,6 +34,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from benchmarks.submission import SubmissionError, bare_id, get_format, read_submission
+from ensemble.names import unknown_name
 
 SCORERS: dict[str, Callable] = {}
 ID_COLUMNS = ("image_name", "image_id", "image_path", "image", "index")
@@ -229,7 +229,5 @@ def score_submission(path: str | Path, truth: str | Path, format: str, **options
     allowed = {"split"}
     for key in options:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SubmissionError(f"unknown scoring option {key!r}; {hint}allowed: {sorted(allowed)}")
+            raise SubmissionError(unknown_name("scoring option", key, allowed, label="allowed"))
     return SCORERS[fmt.name](read_submission(path, fmt.name), Path(truth), **options)

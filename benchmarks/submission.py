@@ -39,7 +39,6 @@ Binary formats take the positive column from a class with a matching name; optio
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 import math
 import re
@@ -51,6 +50,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ensemble.fileio import atomic_path
+from ensemble.names import unknown_name
 from ensemble.table import ProbabilityTable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".npy")
@@ -117,9 +117,7 @@ def get_format(name: str | SubmissionFormat) -> SubmissionFormat:
     if isinstance(name, SubmissionFormat):
         return name
     if name not in FORMATS:
-        close = difflib.get_close_matches(str(name), FORMATS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise SubmissionError(f"unknown submission format {name!r}; {hint}known: {', '.join(sorted(FORMATS))}")
+        raise SubmissionError(unknown_name("submission format", name, FORMATS))
     return FORMATS[name]
 
 
@@ -170,10 +168,7 @@ def _check_options(fmt: SubmissionFormat, options: dict) -> dict:
     allowed = {**COMMON_OPTIONS, **fmt.options}
     for key in options:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SubmissionError(f"format {fmt.name!r} has no option {key!r}; {hint}"
-                                  f"allowed: {', '.join(sorted(allowed))}")
+            raise SubmissionError(f"format {fmt.name!r}: " + unknown_name("option", key, allowed, label="allowed"))
     return {**allowed, **{k: v for k, v in options.items() if v is not None}}
 
 
@@ -181,10 +176,8 @@ def _check_class_map(table: ProbabilityTable, class_map: dict | None) -> dict:
     class_map = dict(class_map or {})
     for cls in class_map:
         if cls not in table.classes:
-            close = difflib.get_close_matches(str(cls), table.classes, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SubmissionError(f"class_map names class {cls!r}, not in the table; {hint}"
-                                  f"table classes: {table.classes}")
+            raise SubmissionError("class_map: " + unknown_name("class", cls, table.classes, label="table classes",
+                                                               sort=False))
     return class_map
 
 
@@ -490,10 +483,8 @@ def entry_table_path(run_dir: str | Path, entry: str, kind: str | None = None, s
         if c.exists():
             return c
     known = sorted(p.parent.name for d in where.values() if d.is_dir() for p in d.glob(f"*/{split}.csv"))
-    close = difflib.get_close_matches(entry, known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise FileNotFoundError(f"no {split} table for entry {entry!r} under {run_dir}/predictions or "
-                            f"{run_dir}/ensembles; {hint}known: {', '.join(known) or 'none'}")
+    raise FileNotFoundError(f"no {split} table under {run_dir}/predictions or {run_dir}/ensembles: "
+                            + unknown_name("entry", entry, known))
 
 
 def run_submission_options(run_dir: str | Path) -> dict:

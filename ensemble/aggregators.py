@@ -13,7 +13,6 @@ identity: with one member there is nothing to combine.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
@@ -21,6 +20,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from ensemble.auc import auc, class_aucs, midranks
+from ensemble.names import unknown_name
 
 DEFAULT_TEMPERATURE = 125.0
 DEFAULT_THRESHOLD = 0.5
@@ -137,13 +137,6 @@ def get_aggregator(name: str) -> Aggregator:
 def aggregate(name: str, probs: np.ndarray, **params) -> np.ndarray:
     """Run aggregator ``name`` on ``probs`` ``[M, N, C]`` -> ``[N, C]``."""
     return get_aggregator(name)(probs, **params)
-
-
-def unknown_name(kind: str, name: str, known) -> str:
-    """``unknown <kind> 'x'; did you mean 'y'? known: ...``."""
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ";"
-    return f"unknown {kind} {name!r}{hint} known: {', '.join(sorted(known))}"
 
 
 def check_probs(probs: np.ndarray) -> np.ndarray:

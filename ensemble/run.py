@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ensemble.aggregators import unknown_name
 from ensemble.auc import auc
 from ensemble.combiners import make_method
+from ensemble.names import unknown_name
 from ensemble.table import ProbabilityTable, TableError, align, sidecar_path
 
 CONFIG_KEYS = ("methods", "members", "temperature", "threshold", "weights", "seed", "greedy", "stacking", "subset_search")

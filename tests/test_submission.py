@@ -151,9 +151,9 @@ def test_generic_header_is_the_table_classes(tmp_path):
     assert path.read_text() == "image_id,b,a\nimg1.png,0.25,0.75\nimg2.png,1,0\n"
     renamed = build_submission(t, "generic", class_map={"a": "A"})
     assert renamed.header == ["image_id", "b", "A"]
-    with pytest.raises(SubmissionError, match="class_map names class 'c', not in the table"):
+    with pytest.raises(SubmissionError, match="class_map: unknown class 'c'; table classes: "):
         build_submission(t, "generic", class_map={"c": "C"})
-    with pytest.raises(SubmissionError, match="format 'medmnist' has no option 'class_map'"):
+    with pytest.raises(SubmissionError, match="format 'medmnist': unknown option 'class_map'; did you mean 'classes'\\? allowed: classes, header"):
         build_submission(t, "medmnist", class_map={"a": "A"})
 
 
@@ -220,7 +220,7 @@ def test_columns_must_be_the_required_ones_in_order(tmp_path):
 def test_unknown_format_and_option_suggest_the_closest():
     with pytest.raises(SubmissionError, match="unknown submission format 'isic-2017'; did you mean 'isic2017'"):
         build_submission(isic2017_table(), "isic-2017")
-    with pytest.raises(SubmissionError, match="no option 'hedaer'; did you mean 'header'"):
+    with pytest.raises(SubmissionError, match="unknown option 'hedaer'; did you mean 'header'\\? allowed: "):
         build_submission(isic2017_table(), "isic2017", hedaer=False)
     with pytest.raises(SubmissionError, match="header=False is not allowed"):
         build_submission(isic2017_table(), "generic", header=False)

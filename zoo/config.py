@@ -23,13 +23,13 @@ job may take over a member) are top-level keys.
 """
 from __future__ import annotations
 
-import difflib
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ensemble.fileio import write_json
+from ensemble.names import unknown_name
 
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -120,7 +120,7 @@ class ZooConfig:
         """The member with this id; unknown ids raise naming the closest and all ids."""
         ids = [m.id for m in self.members]
         if member_id not in ids:
-            raise ValueError(_unknown("member", member_id, ids))
+            raise ValueError(unknown_name("member", member_id, ids, label="allowed", sort=False))
         return self.members[ids.index(member_id)]
 
     def to_dict(self) -> dict:
@@ -197,7 +197,7 @@ def parse_train(raw: dict, where: str) -> TrainConfig:
             v = _parse_augment(v, f"{where} augment")
         elif f.name in CHOICES:
             if v not in CHOICES[f.name]:
-                raise ValueError(_unknown(name, v, CHOICES[f.name]))
+                raise ValueError(unknown_name(name, v, CHOICES[f.name], label="allowed", sort=False))
         elif f.name == "pretrained":
             if not isinstance(v, (bool, str)):
                 raise ValueError(f"{name} = {v!r}; allowed: false, true (ImageNet) or a path to weights")
@@ -227,7 +227,7 @@ def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberC
 
     model = raw["model"]
     if model not in list_models():
-        raise ValueError(f"{where}: " + _unknown("model", model, list_models()))
+        raise ValueError(f"{where}: " + unknown_name("model", model, list_models(), label="allowed", sort=False))
     info = model_info(model)
     size = _check_type(f"{where} size", raw.get("size", info.default_size), int)
     if size < info.min_size:
@@ -293,14 +293,7 @@ def _check_keys(raw: dict, allowed, where: str) -> None:
         raise ValueError(f"{where} must be a table, got {raw!r}")
     for k in raw:
         if k not in allowed:
-            raise ValueError(f"{where}: " + _unknown("key", k, sorted(allowed)))
-
-
-def _unknown(kind: str, value: Any, known) -> str:
-    known = [str(k) for k in known]
-    close = difflib.get_close_matches(str(value), known, n=1)
-    hint = f" did you mean {close[0]!r}?" if close else ""
-    return f"unknown {kind} {value!r};{hint} allowed: {', '.join(known)}"
+            raise ValueError(f"{where}: " + unknown_name("key", k, allowed, label="allowed"))
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -8,7 +8,6 @@ split as ``uint8`` arrays at a training size, through the on-disk cache of :mod:
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import hashlib
 import os
@@ -24,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ensemble.fileio import atomic_path
+from ensemble.names import unknown_name
 from zoo.cache import IMAGE_EXTENSIONS, PROJECT_DIR, cached_images, load_images, resize_array
 from zoo.splits import (SPLIT_ALIASES, SPLIT_NAMES, check_ratios, read_split_csv, split_name, stratified_folds,
                         stratified_split, write_split_csv)
@@ -48,12 +48,6 @@ DEFAULT_RATIOS = {"train": 0.75, "val": 0.20, "test": 0.05}
 def resolve_data_root(path: str | Path | None = None) -> Path:
     """``path``, else ``$MEDZOO_DATA``, else ``<project>/data/cache``."""
     return Path(path or os.environ.get("MEDZOO_DATA") or CARD_DIR / "cache")
-
-
-def _unknown(kind: str, name, known: Sequence[str], where: str = "") -> str:
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{where}unknown {kind} {name!r}{hint} known: {', '.join(map(str, known))}"
 
 
 @dataclass
@@ -121,7 +115,7 @@ def load_card(source, overrides: Mapping | None = None) -> DatasetCard:
         elif p.suffix or os.sep in str(source):
             raise FileNotFoundError(f"dataset card or data path {source} does not exist")
         else:
-            raise KeyError(_unknown("dataset", source, known_cards()) +
+            raise KeyError(unknown_name("dataset", source, known_cards()) +
                            f" (cards live in {CARD_DIR}; a path to a .toml, folder, .csv or .npz works too)")
     if overrides:
         raw = _merge(raw, overrides)
@@ -132,21 +126,21 @@ def _check_card(raw: dict, path: Path | None) -> DatasetCard:
     where = f"{path or 'card'}: "
     for key in raw:
         if key not in CARD_KEYS:
-            raise ValueError(_unknown("card field", key, sorted(CARD_KEYS), where))
+            raise ValueError(where + unknown_name("card field", key, CARD_KEYS))
     for key in raw.get("split", {}):
         if key not in SPLIT_KEYS:
-            raise ValueError(_unknown("[split] field", key, sorted(SPLIT_KEYS), where))
+            raise ValueError(where + unknown_name("[split] field", key, SPLIT_KEYS))
     for name, entry in raw.get("splits", {}).items():
         split_name(name, f"{where}[splits.{name}]")
         for key in entry:
             if key not in ENTRY_KEYS:
-                raise ValueError(_unknown(f"[splits.{name}] field", key, sorted(ENTRY_KEYS), where))
+                raise ValueError(where + unknown_name(f"[splits.{name}] field", key, ENTRY_KEYS))
     if "name" not in raw:
         raise ValueError(f"{where}missing 'name'")
     fmt = raw.get("format")
     if fmt not in FORMATS:
-        raise ValueError(_unknown("format", fmt, FORMATS, where) if fmt else f"{where}missing 'format' "
-                         f"(one of {', '.join(FORMATS)})")
+        raise ValueError(where + unknown_name("format", fmt, FORMATS, sort=False) if fmt
+                         else f"{where}missing 'format' (one of {', '.join(FORMATS)})")
     classes = [str(c) for c in raw.get("classes", [])]
     if len(set(classes)) != len(classes):
         raise ValueError(f"{where}duplicate class names in {classes}")
@@ -167,7 +161,8 @@ def _check_views(card: DatasetCard, classes: list[str]) -> None:
     for v in card.views:
         for c in v["positive"]:
             if c not in classes:
-                raise ValueError(_unknown("class", c, classes, f"{card.path or card.name}: view {v['name']!r}: "))
+                raise ValueError(f"{card.path or card.name}: view {v['name']!r}: "
+                                 + unknown_name("class", c, classes, sort=False))
 
 
 @dataclass
@@ -245,7 +240,7 @@ class Dataset:
 
     def records(self, split: str) -> SplitRecords:
         if split not in self.split_records:
-            raise KeyError(_unknown("split", split, self.splits, f"dataset {self.name!r}: "))
+            raise KeyError(f"dataset {self.name!r}: " + unknown_name("split", split, self.splits, sort=False))
         return self.split_records[split]
 
     def class_counts(self, split: str) -> np.ndarray:
@@ -328,7 +323,7 @@ def _finish(card: DatasetCard, raws: dict[str, dict], hint: list[str] | None = N
             elif v.isdigit() and int(v) < len(classes):
                 labels[i] = int(v)
             else:
-                raise ValueError(_unknown("class", v, classes, f"{r['origins'][i]}: ") +
+                raise ValueError(f"{r['origins'][i]}: " + unknown_name("class", v, classes, sort=False) +
                                  f"; fix the label or add the class to the card's classes")
         known = labels >= 0
         if known.any() and not known.all():
@@ -471,7 +466,7 @@ def _id_column(columns: list[str], col: str | None, where: Path) -> str:
     """The id column: ``col`` when given, else the first of :data:`ID_COLUMNS` present."""
     if col:
         if col not in columns:
-            raise ValueError(_unknown("id column", col, columns, f"{where}: "))
+            raise ValueError(f"{where}: " + unknown_name("id column", col, columns, sort=False))
         return col
     lower = {c.lower(): c for c in columns}
     for c in ID_COLUMNS:
@@ -505,7 +500,7 @@ def _label_names(df, card: DatasetCard, where: Path, skip: set[str]) -> tuple[li
                              f"\"<column>\" or onehot = [<class columns>] in the card")
     if label_col:
         if label_col not in df.columns:
-            raise ValueError(_unknown("label column", label_col, list(df.columns), f"{where}: "))
+            raise ValueError(f"{where}: " + unknown_name("label column", label_col, df.columns, sort=False))
         return [v.strip() or None for v in df[label_col]], None
     missing = [c for c in onehot if c not in df.columns]
     if missing:
@@ -706,7 +701,7 @@ def _groups(cfg: dict, pool: SplitRecords, root: Path) -> list[str] | None:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
         idcol = _id_column(list(df.columns), None, path)
         if col not in df.columns:
-            raise ValueError(_unknown("group column", col, list(df.columns), f"{path}: "))
+            raise ValueError(f"{path}: " + unknown_name("group column", col, df.columns, sort=False))
         table = dict(zip(df[idcol].str.strip(), df[col].str.strip()))
         lost = [k for k in pool.ids if k not in table]
         if lost:
@@ -728,7 +723,7 @@ def _make_splits(card: DatasetCard, records: dict[str, SplitRecords], root: Path
         pool_names = [split_name(p, f"card {card.name!r} split.pool") for p in cfg["pool"]]
         for p in pool_names:
             if p not in records:
-                raise ValueError(_unknown("split", p, list(records), f"card {card.name!r} split.pool: "))
+                raise ValueError(f"card {card.name!r} split.pool: " + unknown_name("split", p, records, sort=False))
     elif cfg:
         raise ValueError(f"card {card.name!r}: the data has given splits {list(records)}; to re-split some "
                          f"of them set split.pool = [...] (e.g. [\"train\", \"val\"])")

@@ -9,13 +9,13 @@ of each split is within one unit of ``ratio * N``.
 from __future__ import annotations
 
 import csv
-import difflib
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from ensemble.fileio import atomic_path
+from ensemble.names import unknown_name
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}
@@ -26,9 +26,7 @@ def split_name(name: str, source: str = "split") -> str:
     key = str(name).lower()
     key = SPLIT_ALIASES.get(key, key)
     if key not in SPLIT_NAMES:
-        close = difflib.get_close_matches(key, [*SPLIT_NAMES, *SPLIT_ALIASES], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{source}: unknown split {name!r}{hint} known: {', '.join(SPLIT_NAMES)}")
+        raise ValueError(f"{source}: " + unknown_name("split", name, [*SPLIT_NAMES, *SPLIT_ALIASES], sort=False))
     return key
 
 
