@@ -6,8 +6,12 @@ Conventions shared by every function here:
 * A *table* problem is ``labels [N]`` (int class index) with ``probs [N, C]``. Its AUC is the binary AUC of
   column 1 when ``C == 2`` and otherwise the unweighted mean of the one-vs-rest AUCs of the classes that
   have both positives and negatives (macro). Functions that accept both tell them apart by ``ndim``.
-* Ties between a positive and a negative count one half (the Mann-Whitney convention, same as
-  scikit-learn's ``roc_auc_score``).
+* Absent classes: a class without positives (or without negatives) has no AUC (NaN from
+  :func:`roc_auc`) and is skipped by the macro mean (:func:`macro_mean`); the mean is NaN only when no
+  class has one. ``benchmarks.scoring`` uses the same two functions. (``ensemble.auc`` is stricter: it
+  raises, since an ensemble search needs every candidate scored on the same classes.)
+* AUC values come from ``ensemble.auc`` (exact Mann-Whitney from midranks): ties between a positive and
+  a negative count one half, equal to scikit-learn's ``roc_auc_score`` to rounding.
 
 Operating points: the threshold is chosen on validation scores only (:func:`choose_threshold`) and then
 applied unchanged to test scores (:func:`threshold_metrics`); a case is called positive when
@@ -20,7 +24,9 @@ import math
 
 import numpy as np
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
-                             roc_auc_score, roc_curve)
+                             roc_curve)
+
+from ensemble import auc as exact
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -28,7 +34,7 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     y = np.asarray(y).astype(bool)
     if y.all() or not y.any():
         return float("nan")
-    return float(roc_auc_score(y, score))
+    return exact.binary_auc(np.asarray(score, dtype=np.float64), y)
 
 
 def per_class_auc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -44,8 +50,14 @@ def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
         return roc_auc(labels, scores)
     if scores.shape[1] == 2:
         return roc_auc(np.asarray(labels) == 1, scores[:, 1])
-    per = per_class_auc(labels, scores)
-    return float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
+    return macro_mean(per_class_auc(labels, scores))
+
+
+def macro_mean(values) -> float:
+    """Mean of per-class values ``[C]`` over the classes that have one (NaN = absent class, skipped); NaN if none."""
+    values = np.asarray(values, dtype=np.float64)
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else float("nan")
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -128,20 +140,7 @@ def threshold_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dic
 def midranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks along the last axis, tied values sharing their mean rank: ``[..., N]`` -> ``[..., N]``."""
     x = np.asarray(x, dtype=np.float64)
-    flat = x.reshape(-1, x.shape[-1])
-    n = flat.shape[1]
-    order = np.argsort(flat, axis=1, kind="stable")
-    s = np.take_along_axis(flat, order, axis=1)
-    pos = np.broadcast_to(np.arange(n), s.shape)
-    first = np.ones(s.shape, dtype=bool)
-    first[:, 1:] = s[:, 1:] != s[:, :-1]
-    last = np.ones(s.shape, dtype=bool)
-    last[:, :-1] = first[:, 1:]
-    start = np.maximum.accumulate(np.where(first, pos, 0), axis=1)
-    end = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
-    ranks = np.empty_like(s)
-    np.put_along_axis(ranks, order, (start + end) / 2 + 1, axis=1)
-    return ranks.reshape(x.shape)
+    return exact.midranks(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 def _binary_problems(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,14 +165,6 @@ def _binary_problems(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
     if not keep.any():
         raise ValueError("AUC needs both positive and negative cases; the labels hold a single class")
     return pos[keep], s[keep]
-
-
-def _rank_auc(pos: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUC from midranks: ``pos [T, N]`` bool, ``scores [..., T, N]`` -> ``[..., T]``."""
-    m = pos.sum(axis=1)
-    n = pos.shape[1] - m
-    rank_sum = np.where(pos, midranks(scores), 0.0).sum(axis=-1)
-    return (rank_sum - m * (m + 1) / 2) / (m * n)
 
 
 def stratified_bootstrap_indices(strata: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -202,7 +193,8 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, se
     idx = stratified_bootstrap_indices(strata, n_boot, seed)
     pos_b = pos[:, idx[0]] if n_boot else pos
     step = max(1, max_elements // s.size)
-    out = [_rank_auc(pos_b, s[:, idx[i:i + step]].transpose(1, 0, 2)).mean(axis=1) for i in range(0, n_boot, step)]
+    out = [np.mean([exact.binary_auc(s[t, idx[i:i + step]], pos_b[t]) for t in range(len(s))], axis=0)
+           for i in range(0, n_boot, step)]
     return np.concatenate(out) if out else np.empty(0)
 
 

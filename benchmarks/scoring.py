@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
+from benchmarks.metrics import average_precision, macro_mean, roc_auc
 from benchmarks.submission import SubmissionError, bare_id, get_format, read_submission
 from ensemble.names import unknown_name
 
@@ -49,17 +50,6 @@ def scorer(*names: str):
             SCORERS[name] = fn
         return fn
     return deco
-
-
-def auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC-AUC of scores ``s [N]`` for 0/1 labels ``y [N]``; NaN when ``y`` has one class only."""
-    y = np.asarray(y)
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
-
-
-def average_precision(y: np.ndarray, s: np.ndarray) -> float:
-    """Average precision of scores ``s [N]`` for 0/1 labels ``y [N]``; NaN without positives."""
-    return float(average_precision_score(y, s)) if np.asarray(y).sum() > 0 else float("nan")
 
 
 def specificity_at_sensitivity(y: np.ndarray, s: np.ndarray, sensitivity: float = 0.95) -> float:
@@ -105,7 +95,7 @@ def _join(sub_keys: list[str], truth_keys: list[str], truth_path: Path) -> np.nd
 
 
 def _binary(y, s) -> dict:
-    return {"auc": auc(y, s), "average_precision": average_precision(y, s)}
+    return {"auc": roc_auc(y, s), "average_precision": average_precision(y, s)}
 
 
 @scorer("isic2017")
@@ -118,7 +108,7 @@ def _score_isic2017(sub, truth: Path) -> dict:
     out = {}
     for j, task in enumerate(("melanoma", "seborrheic_keratosis")):
         s = sub.column(task)
-        out[f"{task}_auc"] = auc(y[:, j], s)
+        out[f"{task}_auc"] = roc_auc(y[:, j], s)
         out[f"{task}_average_precision"] = average_precision(y[:, j], s)
         out[f"{task}_specificity_at_95_sensitivity"] = specificity_at_sensitivity(y[:, j], s, 0.95)
     out["mean_auc"] = (out["melanoma_auc"] + out["seborrheic_keratosis_auc"]) / 2
@@ -147,10 +137,9 @@ def _score_isic2019(sub, truth: Path) -> dict:
     present = [k for k in range(len(classes)) if (y == k).any()]
     out = {"balanced_accuracy": float(np.mean([(pred[y == k] == k).mean() for k in present])),
            "undecided": int(undecided.sum())}
-    aucs = {f"auc_{classes[k]}": auc(onehot[:, k], sub.values[:, k]) for k in range(len(classes))}
-    defined = [v for v in aucs.values() if not np.isnan(v)]
+    aucs = {f"auc_{classes[k]}": roc_auc(onehot[:, k], sub.values[:, k]) for k in range(len(classes))}
     out.update(aucs)
-    out["mean_auc"] = float(np.mean(defined)) if defined else float("nan")
+    out["mean_auc"] = macro_mean(list(aucs.values()))
     out["n"] = len(sub.ids)
     return out
 
@@ -192,9 +181,9 @@ def _score_medmnist(sub, truth: Path, split: str = "test") -> dict:
     y = labels[_join(sub.ids, keys, truth)]
     s = sub.values
     if s.shape[1] == 2:
-        return {"auc": auc(y, s[:, -1]), "acc": float(((s[:, -1] > 0.5) == y).mean()), "n": len(y)}
-    aucs = [auc(y == k, s[:, k]) for k in range(s.shape[1])]
-    return {"auc": float(np.nanmean(aucs)), "acc": float((s.argmax(axis=1) == y).mean()), "n": len(y)}
+        return {"auc": roc_auc(y, s[:, -1]), "acc": float(((s[:, -1] > 0.5) == y).mean()), "n": len(y)}
+    aucs = [roc_auc(y == k, s[:, k]) for k in range(s.shape[1])]
+    return {"auc": macro_mean(aucs), "acc": float((s.argmax(axis=1) == y).mean()), "n": len(y)}
 
 
 @scorer("generic")
@@ -210,9 +199,8 @@ def _score_generic(sub, truth: Path) -> dict:
         raise SubmissionError(f"{truth}: labels {sorted(set(bad))[:5]} are neither classes {classes} nor indices")
     labels = np.array([lookup.get(v, int(v) if v.isdigit() else -1) for v in names], dtype=np.int64)
     y = labels[_join(sub.ids, [r[id_col] for r in rows], truth)]
-    aucs = {f"auc_{c}": auc(y == k, sub.values[:, k]) for k, c in enumerate(classes)}
-    defined = [v for v in aucs.values() if not np.isnan(v)]
-    return {**aucs, "mean_auc": float(np.mean(defined)) if defined else float("nan"),
+    aucs = {f"auc_{c}": roc_auc(y == k, sub.values[:, k]) for k, c in enumerate(classes)}
+    return {**aucs, "mean_auc": macro_mean(list(aucs.values())),
             "accuracy": float((sub.values.argmax(axis=1) == y).mean()), "n": len(y)}
 
 

@@ -114,20 +114,17 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
 
 
 def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """ROC-AUC: positive-class probability for 2 classes, macro one-vs-rest for more; NaN when undefined.
+    """ROC-AUC (``ensemble.auc.auc``): positive-class probability for 2 classes, macro one-vs-rest for more.
 
-    labels int ``[N]``, probs ``[N, C]``.
+    labels int ``[N]``, probs ``[N, C]``. NaN when a class is absent from ``labels`` (unlike the
+    leaderboard, which skips it): early stopping then never selects on a macro AUC of fewer classes.
     """
-    from sklearn.metrics import roc_auc_score
+    from ensemble.auc import auc
 
     present = np.unique(labels)
-    if len(present) < 2:
+    if len(present) < 2 or (probs.shape[1] > 2 and len(present) < probs.shape[1]):
         return float("nan")
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    if len(present) < probs.shape[1]:
-        return float("nan")
-    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(probs.shape[1])))
+    return auc(probs, labels)
 
 
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
