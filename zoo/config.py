@@ -23,13 +23,13 @@ job may take over a member) are top-level keys.
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ensemble.fileio import write_json
 from ensemble.names import unknown_name
+from zoo.tomlfile import read_toml
 
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -135,14 +135,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
     {"epochs": 2}}``. Its ``train`` keys are applied to the defaults and, unlike the
     file's ``[train]``, also to every member (a command-line ``--epochs 2`` means all).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no config file at {path}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
-    return parse_config(raw, overrides=overrides, source=str(path))
+    return parse_config(read_toml(path, "config file"), overrides=overrides, source=str(path))
 
 
 def parse_config(raw: dict, overrides: dict | None = None, source: str | None = None) -> ZooConfig:

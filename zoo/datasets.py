@@ -12,7 +12,6 @@ import fnmatch
 import hashlib
 import os
 import re
-import tomllib
 import urllib.request
 import warnings
 import zipfile
@@ -27,6 +26,7 @@ from ensemble.names import unknown_name
 from zoo.cache import IMAGE_EXTENSIONS, PROJECT_DIR, cached_images, load_images, resize_array
 from zoo.splits import (SPLIT_ALIASES, SPLIT_NAMES, check_ratios, read_split_csv, split_name, stratified_folds,
                         stratified_split, write_split_csv)
+from zoo.tomlfile import read_toml
 
 __all__ = ["DatasetCard", "Dataset", "SplitRecords", "SplitArrays", "load_card", "open_dataset",
            "load_arrays", "load_images", "known_cards", "resolve_data_root", "card_for_path", "ensure_file",
@@ -103,12 +103,7 @@ def load_card(source, overrides: Mapping | None = None) -> DatasetCard:
         shipped = CARD_DIR / f"{text}.toml"
         if p.suffix == ".toml" or (shipped.is_file() and os.sep not in text):
             path = p if p.suffix == ".toml" else shipped
-            if not path.is_file():
-                raise FileNotFoundError(f"dataset card {path} does not exist")
-            try:
-                raw = tomllib.loads(path.read_text())
-            except tomllib.TOMLDecodeError as e:
-                raise ValueError(f"{path}: not valid TOML ({e})") from None
+            raw = read_toml(path, "dataset card")
             raw.setdefault("name", path.stem)
         elif p.exists():
             raw = card_for_path(p)
