@@ -1,11 +1,7 @@
 """``medzoo leaderboard RUN_DIR``: rank every member and ensemble of a run and draw the plots."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-DEFAULT_THRESHOLD = "youden"
-DEFAULT_BOOTSTRAP = 1000
 
 
 def register(sub) -> None:
@@ -19,38 +15,25 @@ def register(sub) -> None:
                     "from the run's config.json [leaderboard] section, else youden and 1000 replicates.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory, e.g. results/pneumoniamnist")
     p.add_argument("--threshold", default=None, metavar="RULE",
-                   help=f"operating threshold rule chosen on validation: youden or sens:<target> such as "
-                        f"sens:0.95 (default: config, else {DEFAULT_THRESHOLD})")
+                   help="operating threshold rule chosen on validation: youden or sens:<target> such as "
+                        "sens:0.95 (default: config, else youden)")
     p.add_argument("--bootstrap", type=int, default=None, metavar="N",
-                   help=f"bootstrap replicates for the AUC CIs, 0 for none (default: config, else {DEFAULT_BOOTSTRAP})")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+                   help="bootstrap replicates for the AUC CIs, 0 for none (default: config, else 1000)")
+    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: config, else 0)")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
     p.set_defaults(func=run)
 
 
-def config_defaults(run_dir: str | Path) -> dict:
-    """``{"threshold", "bootstrap"}`` from ``RUN_DIR/config.json``'s ``leaderboard`` section, with defaults."""
-    config = Path(run_dir) / "config.json"
-    section = json.loads(config.read_text()).get("leaderboard", {}) if config.exists() else {}
-    threshold = section.get("threshold", DEFAULT_THRESHOLD)
-    if "sensitivity" in section:
-        threshold = f"sens:{section['sensitivity']}"
-    return {"threshold": threshold, "bootstrap": int(section.get("bootstrap", DEFAULT_BOOTSTRAP))}
-
-
 def run(args) -> int:
-    from benchmarks.leaderboard import to_terminal, write_leaderboard
+    from benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    defaults = config_defaults(run_dir)
-    threshold = args.threshold if args.threshold is not None else defaults["threshold"]
-    bootstrap = args.bootstrap if args.bootstrap is not None else defaults["bootstrap"]
-    frame = write_leaderboard(run_dir, threshold=threshold, bootstrap=bootstrap, seed=args.seed,
-                              plots=not args.no_plots)
+    options = config_options(run_dir, threshold=args.threshold, bootstrap=args.bootstrap, seed=args.seed)
+    frame = write_leaderboard(run_dir, **options, plots=not args.no_plots)
     info = frame.attrs["info"]
-    print(f"leaderboard of {run_dir} ({info['dataset'] or 'unknown dataset'}; threshold {threshold} on val; "
-          f"{bootstrap} bootstrap replicates)")
+    print(f"leaderboard of {run_dir} ({info['dataset'] or 'unknown dataset'}; threshold {info['threshold']} on val; "
+          f"{info['bootstrap']} bootstrap replicates)")
     print(to_terminal(frame))
     for note in info["notes"]:
         print(f"note: {note}")

@@ -21,7 +21,6 @@ Test columns stay empty where the test table is missing or unlabelled (a challen
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +30,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from benchmarks import metrics
+from benchmarks.runs import read_run_config
 from ensemble.fileio import write_text
+from ensemble.names import unknown_name
 from ensemble.table import ProbabilityTable, align
 
 SOURCES = (("member", "predictions"), ("ensemble", "ensembles"))
+CONFIG_KEYS = ("threshold", "sensitivity", "bootstrap", "seed")
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,9 @@ def find_entries(run_dir: str | Path) -> tuple[list[Entry], list[str]]:
 
 def dataset_name(run_dir: str | Path, entries: list[Entry]) -> str | None:
     """The dataset card name: ``config.json``'s ``dataset``, else the first table's ``meta["dataset"]``."""
-    config = Path(run_dir) / "config.json"
-    if config.exists():
-        name = json.loads(config.read_text()).get("dataset")
-        if name:
-            return str(name)
+    name = read_run_config(run_dir).get("dataset")
+    if name:
+        return str(name)
     for e in entries:
         if e.val.meta.get("dataset"):
             return str(e.val.meta["dataset"])
@@ -120,7 +120,7 @@ def card_views(name: str | None, classes: list[str]) -> tuple[list[Task], str | 
     try:
         from zoo.datasets import load_card
         card = load_card(name)
-    except Exception as e:  # zoo.datasets may be absent or the card unreadable: the board works without views
+    except (ImportError, FileNotFoundError, ValueError, KeyError) as e:  # no card: the board works without views
         return [], f"views skipped: could not load dataset card {name!r} ({type(e).__name__}: {e})"
     tasks = []
     for view in card.views or []:
@@ -324,6 +324,22 @@ def to_markdown(frame: pd.DataFrame) -> str:
 def to_terminal(frame: pd.DataFrame) -> str:
     """A plain-text table for the terminal."""
     return display_frame(frame).to_string(index=False)
+
+
+def config_options(run_dir: str | Path, **overrides) -> dict:
+    """Keyword arguments for :func:`write_leaderboard` from the run config's ``[leaderboard]`` section.
+
+    ``overrides`` (command-line flags; ``None`` = not given) win over the section; a ``threshold``
+    given here replaces the section's ``sensitivity``. Keys left out take :func:`collect`'s defaults.
+    """
+    options = dict(read_run_config(run_dir).get("leaderboard") or {})
+    for key in options:
+        if key not in CONFIG_KEYS:
+            raise ValueError(f"{Path(run_dir) / 'config.json'}: " + unknown_name("[leaderboard] key", key, CONFIG_KEYS))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "threshold" in given:
+        options.pop("sensitivity", None)
+    return {**options, **given}
 
 
 def write_leaderboard(run_dir: str | Path, threshold: str | float = "youden", bootstrap: int = 1000, seed: int = 0,

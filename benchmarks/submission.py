@@ -39,7 +39,6 @@ Binary formats take the positive column from a class with a matching name; optio
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from collections import Counter
@@ -49,6 +48,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from benchmarks.runs import read_run_config
 from ensemble.fileio import atomic_path
 from ensemble.names import unknown_name
 from ensemble.table import ProbabilityTable
@@ -489,10 +489,7 @@ def entry_table_path(run_dir: str | Path, entry: str, kind: str | None = None, s
 
 def run_submission_options(run_dir: str | Path) -> dict:
     """The ``[submission]`` section of the run's ``config.json`` (``format`` and format options)."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        return {}
-    return dict(json.loads(path.read_text()).get("submission") or {})
+    return dict(read_run_config(run_dir).get("submission") or {})
 
 
 @dataclass
@@ -544,13 +541,8 @@ def submit_run(run_dir: str | Path, format: str | None = None, *, entry: str | N
     return SubmitResult(path, fmt, entry, kind, source, len(table.ids), checked)
 
 
-def _run_dataset(run_dir: Path):
-    path = run_dir / "config.json"
-    return json.loads(path.read_text()).get("dataset") if path.exists() else None
-
-
 def _card_format(run_dir: Path) -> str | None:
-    dataset = _run_dataset(run_dir)
+    dataset = read_run_config(run_dir).get("dataset")
     if dataset is None:
         return None
     from zoo.datasets import load_card
@@ -558,12 +550,13 @@ def _card_format(run_dir: Path) -> str | None:
 
 
 def _dataset_test_ids(run_dir: Path) -> tuple[list[str] | None, str]:
-    dataset = _run_dataset(run_dir)
+    config = read_run_config(run_dir)
+    dataset = config.get("dataset")
     if dataset is None:
         return None, f"not checked against a test list: {run_dir}/config.json names no dataset"
     try:
         from zoo.datasets import open_dataset
-        ds = open_dataset(dataset, data_root=json.loads((run_dir / "config.json").read_text()).get("data_root"))
+        ds = open_dataset(dataset, data_root=config.get("data_root"))
         return list(ds.records("test").ids), f"checked against the {len(ds.records('test').ids)} test images of {ds.name}"
     except (ImportError, FileNotFoundError, ValueError, KeyError) as e:
         return None, f"not checked against the dataset's test list ({type(e).__name__}: {e})"

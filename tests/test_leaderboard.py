@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import cli_leaderboard
-from benchmarks.leaderboard import build_leaderboard, write_leaderboard
+from benchmarks.leaderboard import build_leaderboard, config_options, write_leaderboard
 from ensemble.table import ProbabilityTable
 
 # Binary run: the 4-by-4 example of test_metrics (4 positives, then 4 negatives) on val and on test.
@@ -161,7 +161,13 @@ def test_cli_prints_the_table_and_reads_config_defaults(tmp_path, capsys):
     run = binary_run(tmp_path)
     (run / "config.json").write_text(json.dumps({"dataset": "x", "leaderboard": {"sensitivity": 1.0,
                                                                                   "bootstrap": 20}}))
-    assert cli_leaderboard.config_defaults(run) == {"threshold": "sens:1.0", "bootstrap": 20}
+    assert config_options(run) == {"sensitivity": 1.0, "bootstrap": 20}
+    assert config_options(run, threshold="youden", bootstrap=None) == {"threshold": "youden", "bootstrap": 20}
+    (run / "config.json").write_text(json.dumps({"leaderboard": {"bootstrp": 5}}))
+    with pytest.raises(ValueError, match="unknown \\[leaderboard\\] key 'bootstrp'; did you mean 'bootstrap'\\?"):
+        config_options(run)
+    (run / "config.json").write_text(json.dumps({"dataset": "x", "leaderboard": {"sensitivity": 1.0,
+                                                                                  "bootstrap": 20}}))
     parser = argparse.ArgumentParser()
     cli_leaderboard.register(parser.add_subparsers())
     args = parser.parse_args(["leaderboard", str(run), "--no-plots"])
