@@ -12,10 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ensemble.aggregators import unknown_name
 from ensemble.fileio import write_json
-
-LEADERBOARD_KEYS = ("threshold", "sensitivity", "bootstrap", "seed")
 
 
 def environment(device: str) -> dict:
@@ -50,7 +47,7 @@ def run_bench(config_path: str | Path, results_dir: str | Path = "results", memb
     that failed or are being trained elsewhere are named; the later stages use the members
     that are done, and say which are missing.
     """
-    from benchmarks.leaderboard import to_terminal, write_leaderboard
+    from benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
     from benchmarks.submission import submit_run
     from ensemble.run import ensemble_run
     from zoo.config import load_config
@@ -75,10 +72,7 @@ def run_bench(config_path: str | Path, results_dir: str | Path = "results", memb
     if missing:
         log(f"members not available: {', '.join(missing)} (see medzoo status {run_dir}); continuing without them")
     stage("ensemble", lambda: ensemble_run(run_dir, config=cfg.ensemble, log=log))
-    for key in cfg.leaderboard:
-        if key not in LEADERBOARD_KEYS:
-            raise ValueError(unknown_name("[leaderboard] key", key, LEADERBOARD_KEYS))
-    board = stage("leaderboard", lambda: write_leaderboard(run_dir, **cfg.leaderboard))
+    board = stage("leaderboard", lambda: write_leaderboard(run_dir, **config_options(run_dir)))
     log(to_terminal(board))
     submission = stage("submission", lambda: submit_run(run_dir))
     return {"run_dir": run_dir, "stages": stages, "train": trained, "leaderboard": board, "submission": submission}
