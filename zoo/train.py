@@ -498,6 +498,10 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
     chosen = [cfg.member(m) for m in members] if members else list(cfg.members)
     run_dir = Path(results_dir) / cfg.run
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        from zoo.loader import keep_freed_memory
+
+        keep_freed_memory()
     results = []
     with distributed.session(device, cfg.dist_timeout) as dist:
         say = _logger(log, dist.is_main)
