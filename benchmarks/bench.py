@@ -43,7 +43,8 @@ def environment(device: str) -> dict:
 def run_bench(config_path: str | Path, results_dir: str | Path = "results", members=None, log=print) -> dict:
     """Run every stage of one config; return ``{"run_dir", "stages", "train", "leaderboard", "submission"}``.
 
-    ``stages`` maps each stage to its wall seconds (also written to ``stages.json``). Members
+    ``stages`` maps each stage to its wall seconds; ``stages.json`` keeps those of every call
+    (a resumed call adds its own entry, so the first call's training time stays on record). Members
     that failed or are being trained elsewhere are named; the later stages use the members
     that are done, and say which are missing.
     """
@@ -58,13 +59,16 @@ def run_bench(config_path: str | Path, results_dir: str | Path = "results", memb
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "environment.json", environment(str(resolve_device(cfg.device))))
     stages = {}
+    history_path = run_dir / "stages.json"
+    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": stages})
 
     def stage(name, fn):
         log(f"== {name}")
         t0 = time.perf_counter()
         out = fn()
         stages[name] = round(time.perf_counter() - t0, 2)
-        write_json(run_dir / "stages.json", stages)
+        write_json(history_path, history)
         return out
 
     trained = stage("train", lambda: train_zoo(cfg, members=members, results_dir=results_dir))
