@@ -16,7 +16,7 @@ Layout (see ``benchmarks/quick_pneumoniamnist.toml``)::
     id = "resnet18"               # default: the model name
     lr = 3e-4                     # any [train] key may be overridden per member
 
-``[ensemble]``, ``[leaderboard]``, ``[submission]`` and ``[bench]`` are kept as plain
+``[ensemble]``, ``[leaderboard]`` and ``[submission]`` are kept as plain
 dicts for the layers that read them. ``dist_timeout`` (seconds a distributed collective
 may wait for a peer) and ``claim_timeout`` (seconds without a heartbeat after which another
 job may take over a member) are top-level keys.
@@ -36,7 +36,7 @@ CHOICES = {
     "schedule": ("cosine", "plateau", "none"),
     "loss": ("ce", "weighted_ce", "focal"),
 }
-SECTIONS = ("ensemble", "leaderboard", "submission", "bench")
+SECTIONS = ("ensemble", "leaderboard", "submission")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,6 @@ class ZooConfig:
     ensemble: dict = field(default_factory=dict)
     leaderboard: dict = field(default_factory=dict)
     submission: dict = field(default_factory=dict)
-    bench: dict = field(default_factory=dict)
     source: str | None = None
 
     def member(self, member_id: str) -> MemberConfig:
