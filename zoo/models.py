@@ -6,7 +6,6 @@ minimum input size, normalisation mean/std); ``create_model`` builds it with a n
 """
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ import torchvision
 from torch import nn
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionAux, InceptionB, InceptionC
 from torchvision.models.inception import InceptionD, InceptionE
+
+from ensemble.names import unknown_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,9 +127,7 @@ def list_models() -> list[str]:
 def model_info(name: str) -> ModelInfo:
     """Metadata of a registered model; ValueError naming the closest names for an unknown one."""
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list_models(), n=3)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise ValueError(f"unknown model {name!r}; {hint}known: {', '.join(list_models())}")
+        raise ValueError(unknown_name("model", name, list_models()))
     return _REGISTRY[name][0]
 
 
