@@ -1,5 +1,6 @@
 import argparse
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -134,6 +135,11 @@ def test_state_dict_file_round_trip_and_head_transfer(tmp_path):
         create_model("resnet34", 5, pretrained=path)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         create_model("resnet18", 5, pretrained=tmp_path / "nope.pth")
+
+    resume = tmp_path / "last.pt"
+    torch.save({"model": source.state_dict(), "rng": np.random.get_state()}, resume)
+    with pytest.raises(ValueError, match="last.pt is a resume file: use that run's best.pt"):
+        create_model("resnet18", 5, pretrained=resume)
 
 
 def test_pretrained_imagenet_weights_come_from_the_hub_cache_only(tmp_path, monkeypatch):

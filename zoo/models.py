@@ -7,6 +7,7 @@ minimum input size, normalisation mean/std); ``create_model`` builds it with a n
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,8 +190,9 @@ def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"pretrained weights file {str(path)!r} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # medzoo checkpoints also hold RNG and optimizer state that weights_only refuses
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError:  # never unpickle arbitrary objects from a weights file
+        raise ValueError(f"{path} holds more than tensors and plain values, so it is not loaded as weights "
+                         f"(a medzoo last.pt is a resume file: use that run's best.pt)") from None
     state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} holds neither a state dict nor a medzoo checkpoint (a dict with key 'model')")
