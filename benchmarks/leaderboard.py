@@ -166,6 +166,8 @@ def _entry_row(e: Entry, primary: Task | None, views: list[Task], rule, bootstra
             row[f"{split}_{v.name}_auc"] = a
         if len(views) > 1:
             row[f"{split}_views_mean_auc"] = float(np.mean(aucs))
+    row["val_scored"] = ("in-sample" if e.val.meta.get("in_sample") else
+                         "out-of-fold" if "val_auc_out_of_fold" in e.val.meta else "")
     row["members"] = ", ".join(e.members)
     return row
 
@@ -271,7 +273,7 @@ def _fmt_p(p) -> str:
 def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns people read, formatted as strings (CI as ``[lo, hi]``); used by the markdown and the terminal."""
     out = pd.DataFrame({"rank": frame["rank"].astype(str), "entry": frame["entry"], "kind": frame["kind"]})
-    out["val AUC"] = frame["val_auc"].map(_fmt)
+    out["val AUC"] = [_fmt(a) + ("*" if how == "in-sample" else "") for a, how in zip(frame["val_auc"], frame["val_scored"])]
     show_test = frame["test_auc"].notna().any()
     if show_test:
         out["test AUC"] = frame["test_auc"].map(_fmt)
@@ -315,6 +317,9 @@ def to_markdown(frame: pd.DataFrame) -> str:
                      f"({info.get('threshold')}), applied to test")
     if labelled:
         lines.append("- Accuracy, balanced accuracy: argmax of the class probabilities")
+    if (frame["val_scored"] == "in-sample").any():
+        lines.append("- val AUC*: in-sample (the method's weights were fitted on these validation images); "
+                     "learned selections (greedy, stacking, subset_search) are scored out-of-fold")
     lines += [f"- Note: {n}" for n in info.get("notes", [])]
     lines += ["", "| " + " | ".join(shown.columns) + " |", "|" + "|".join("---" for _ in shown.columns) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]

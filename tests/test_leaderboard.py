@@ -176,3 +176,19 @@ def test_cli_prints_the_table_and_reads_config_defaults(tmp_path, capsys):
     assert "threshold sens:1.0 on val; 20 bootstrap" in out and "mean" in out
     # sens:1.0 on a's val scores: first threshold catching all 4 positives is .4
     assert pd.read_csv(run / "leaderboard.csv").set_index("entry").loc["a", "threshold"] == 0.4
+
+
+def test_in_sample_validation_scores_are_marked(tmp_path):
+    run = binary_run(tmp_path)
+    probs = np.stack([1 - (A + B) / 2, (A + B) / 2], axis=1)
+    for name, meta in (("softmax_auc", {"in_sample": True}), ("greedy", {"val_auc_out_of_fold": 11.5 / 16})):
+        for split in ("val", "test"):
+            put(run, "ensemble", name, split, BINARY, probs, Y, members=["a", "b"], **meta)
+    write_leaderboard(run, bootstrap=50, plots=False)
+    csv = pd.read_csv(run / "leaderboard.csv").set_index("entry")
+    assert csv.loc["softmax_auc", "val_scored"] == "in-sample"
+    assert csv.loc["greedy", "val_scored"] == "out-of-fold"
+    assert pd.isna(csv.loc["a", "val_scored"]) and pd.isna(csv.loc["mean", "val_scored"])
+    md = (run / "leaderboard.md").read_text()
+    assert "| softmax_auc | ensemble | 0.7188* |" in md and "| greedy | ensemble | 0.7188 |" in md
+    assert "val AUC*: in-sample" in md
