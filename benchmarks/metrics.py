@@ -163,7 +163,8 @@ def _binary_problems(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
         raise ValueError(f"{labels.shape[0]} labels for {s.shape[1]} scores")
     keep = pos.any(axis=1) & ~pos.all(axis=1)
     if not keep.any():
-        raise ValueError("AUC needs both positive and negative cases; the labels hold a single class")
+        raise ValueError(f"AUC needs both positive and negative cases; the labels hold a single class: "
+                         f"all {labels.shape[0]} are {np.unique(labels).tolist()}")
     return pos[keep], s[keep]
 
 
