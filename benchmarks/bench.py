@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ensemble.fileio import write_json
+from medzoo.ensemble.fileio import write_json
 
 
 def environment(device: str) -> dict:
@@ -48,11 +48,11 @@ def run_bench(config_path: str | Path, results_dir: str | Path = "results", memb
     that failed or are being trained elsewhere are named; the later stages use the members
     that are done, and say which are missing.
     """
-    from benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
-    from benchmarks.submission import submit_run
-    from ensemble.run import ensemble_run
-    from zoo.config import load_config
-    from zoo.train import resolve_device, train_zoo
+    from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
+    from medzoo.benchmarks.submission import submit_run
+    from medzoo.ensemble.run import build_ensembles
+    from medzoo.zoo.config import load_config
+    from medzoo.zoo.train import resolve_device, train_zoo
 
     cfg = load_config(config_path)
     run_dir = Path(results_dir) / cfg.run
@@ -75,7 +75,7 @@ def run_bench(config_path: str | Path, results_dir: str | Path = "results", memb
     missing = [r["member"] for r in trained if r.get("status") in ("failed", "running elsewhere")]
     if missing:
         log(f"members not available: {', '.join(missing)} (see medzoo status {run_dir}); continuing without them")
-    stage("ensemble", lambda: ensemble_run(run_dir, config=cfg.ensemble, log=log))
+    stage("ensemble", lambda: build_ensembles(run_dir, config=cfg.ensemble, log=log))
     board = stage("leaderboard", lambda: write_leaderboard(run_dir, **config_options(run_dir)))
     log(to_terminal(board))
     submission = stage("submission", lambda: submit_run(run_dir))

@@ -7,13 +7,13 @@ import sys
 import warnings
 
 COMMAND_MODULES = (
-    "zoo.cli_data",
-    "zoo.cli_models",
-    "zoo.cli_train",
-    "ensemble.cli",
-    "benchmarks.cli_leaderboard",
-    "benchmarks.cli_submit",
-    "benchmarks.cli_bench",
+    "medzoo.zoo.cli_data",
+    "medzoo.zoo.cli_models",
+    "medzoo.zoo.cli_train",
+    "medzoo.ensemble.cli",
+    "medzoo.benchmarks.cli_leaderboard",
+    "medzoo.benchmarks.cli_submit",
+    "medzoo.benchmarks.cli_bench",
 )
 
 

@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def _bench(args) -> int:
-    from benchmarks.bench import run_bench
+    from medzoo.benchmarks.bench import run_bench
 
     out = run_bench(args.config, results_dir=args.results, members=args.members)
     run_dir = out["run_dir"]

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
+    from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.submission import FORMATS
+from medzoo.benchmarks.submission import FORMATS
 
 
 def _formats_help() -> str:
@@ -20,7 +20,7 @@ def _class_map(pairs: list[str] | None) -> dict | None:
 
 
 def _submit(args) -> int:
-    from benchmarks.submission import submit_run
+    from medzoo.benchmarks.submission import submit_run
     result = submit_run(
         args.run_dir, args.format, entry=args.entry, out=args.out,
         header=False if args.no_header else None, unk=args.unk, positive=args.positive,
@@ -31,8 +31,8 @@ def _submit(args) -> int:
 
 
 def _score(args) -> int:
-    from benchmarks.scoring import score_submission
-    from ensemble.fileio import write_json
+    from medzoo.benchmarks.scoring import score_submission
+    from medzoo.ensemble.fileio import write_json
     options = {"split": args.split} if args.split else {}
     scores = score_submission(args.submission, args.truth, args.format, **options)
     width = max(map(len, scores))

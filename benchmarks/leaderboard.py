@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from benchmarks import metrics
-from benchmarks.runs import read_run_config
-from ensemble.fileio import write_text
-from ensemble.names import unknown_name
-from ensemble.table import ProbabilityTable, align
+from medzoo.benchmarks import metrics
+from medzoo.benchmarks.runs import read_run_config
+from medzoo.ensemble.fileio import write_text
+from medzoo.ensemble.names import unknown_name
+from medzoo.ensemble.table import ProbabilityTable, align
 
 SOURCES = (("member", "predictions"), ("ensemble", "ensembles"))
 CONFIG_KEYS = ("threshold", "sensitivity", "bootstrap", "seed")
@@ -118,7 +118,7 @@ def card_views(name: str | None, classes: list[str]) -> tuple[list[Task], str | 
     if not name:
         return [], "views skipped: no dataset named in config.json or the tables' metadata"
     try:
-        from zoo.datasets import load_card
+        from medzoo.zoo.datasets import load_card
         card = load_card(name)
     except (ImportError, FileNotFoundError, ValueError, KeyError) as e:  # no card: the board works without views
         return [], f"views skipped: could not load dataset card {name!r} ({type(e).__name__}: {e})"
@@ -358,6 +358,6 @@ def write_leaderboard(run_dir: str | Path, threshold: str | float = "youden", bo
     write_text(run_dir / "leaderboard.csv", board.frame.to_csv(index=False))
     write_text(run_dir / "leaderboard.md", to_markdown(board.frame))
     if plots:
-        from benchmarks.plots import draw_board
+        from medzoo.benchmarks.plots import draw_board
         board.info["plots"] = [str(p) for p in draw_board(run_dir, board)]
     return board.frame

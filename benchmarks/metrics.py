@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
                              roc_curve)
 
-from ensemble import auc as exact
+from medzoo.ensemble import auc as exact
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from benchmarks import metrics
-from ensemble.fileio import atomic_path
+from medzoo.benchmarks import metrics
+from medzoo.ensemble.fileio import atomic_path
 
 if TYPE_CHECKING:
-    from benchmarks.leaderboard import Board
+    from medzoo.benchmarks.leaderboard import Board
 
 KIND_COLORS = {"member": "tab:gray", "ensemble": "tab:blue"}
 HISTORY_PANELS = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("val_auc", "validation AUC"))

@@ -33,9 +33,9 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from benchmarks.metrics import average_precision, macro_mean, roc_auc
-from benchmarks.submission import SubmissionError, bare_id, get_format, read_submission
-from ensemble.names import unknown_name
+from medzoo.benchmarks.metrics import average_precision, macro_mean, roc_auc
+from medzoo.benchmarks.submission import SubmissionError, bare_id, get_format, read_submission
+from medzoo.ensemble.names import unknown_name
 
 SCORERS: dict[str, Callable] = {}
 ID_COLUMNS = ("image_name", "image_id", "image_path", "image", "index")

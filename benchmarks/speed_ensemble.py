@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from ensemble.aggregators import AGGREGATORS, validation_aucs
-from ensemble.combiners import SubsetSearch, all_subsets, subset_aucs
-from ensemble.table import ProbabilityTable
+from medzoo.ensemble.aggregators import AGGREGATORS, validation_aucs
+from medzoo.ensemble.combiners import SubsetSearch, all_subsets, subset_aucs
+from medzoo.ensemble.table import ProbabilityTable
 
 
 def make_members(m: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -74,7 +74,7 @@ def tutorial_transforms(size: int, mean, std):
 
 
 def make_model(name: str, seed: int = 0):
-    from zoo.models import create_model
+    from medzoo.zoo.models import create_model
 
     torch.manual_seed(seed)
     model = create_model(name, num_classes=2).train()
@@ -82,7 +82,7 @@ def make_model(name: str, seed: int = 0):
 
 
 def step(model, optimizer, x, y) -> None:
-    from zoo.models import forward_logits
+    from medzoo.zoo.models import forward_logits
 
     logits, aux = forward_logits(model, x)
     loss = F.cross_entropy(logits, y) + (0.4 * F.cross_entropy(aux, y) if aux is not None else 0.0)
@@ -96,9 +96,9 @@ def model_and_medzoo(name: str, images: np.ndarray, labels: np.ndarray, batch: i
     """(a) and (b) in alternating chunks of ``chunk`` batches, so both see the same share of whatever
     else the machine is doing -> (images/s of the model alone on one batch in memory, images/s of
     ``train_one_epoch`` over a BatchLoader with augmentation)."""
-    from zoo.loader import BatchLoader
-    from zoo.models import model_info
-    from zoo.train import train_one_epoch
+    from medzoo.zoo.loader import BatchLoader
+    from medzoo.zoo.models import model_info
+    from medzoo.zoo.train import train_one_epoch
 
     info = model_info(name)
     loader = BatchLoader(images, labels, batch, shuffle=True, seed=0, mean=info.mean, std=info.std,
@@ -126,7 +126,7 @@ def tutorial_loop(name: str, folder: Path, size: int, batch: int, epochs: int, w
     """(c): images/s of an ImageFolder + DataLoader loop decoding and transforming every image every epoch."""
     from torchvision.datasets import ImageFolder
 
-    from zoo.models import model_info
+    from medzoo.zoo.models import model_info
 
     info = model_info(name)
     model, optimizer = make_model(name)
@@ -147,7 +147,7 @@ def tutorial_loop(name: str, folder: Path, size: int, batch: int, epochs: int, w
 
 def loader_alone(images: np.ndarray, batch: int, epochs: int, augment: dict) -> float:
     """(d): images/s of BatchLoader delivering augmented, normalised batches."""
-    from zoo.loader import BatchLoader
+    from medzoo.zoo.loader import BatchLoader
 
     loader = BatchLoader(images, np.zeros(len(images), dtype=np.int64), batch, shuffle=True, seed=0,
                          augment=augment, drop_last=True)
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="interleaved repeats of every measurement; the best is kept (the machine is shared)")
     args = parser.parse_args(argv)
 
-    from zoo.datasets import load_images
-    from zoo.loader import keep_freed_memory
+    from medzoo.zoo.datasets import load_images
+    from medzoo.zoo.loader import keep_freed_memory
 
     kept = False if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)

@@ -48,10 +48,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from benchmarks.runs import read_run_config
-from ensemble.fileio import atomic_path
-from ensemble.names import unknown_name
-from ensemble.table import ProbabilityTable
+from medzoo.benchmarks.runs import read_run_config
+from medzoo.ensemble.fileio import atomic_path
+from medzoo.ensemble.names import unknown_name
+from medzoo.ensemble.table import ProbabilityTable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".npy")
 COMMON_OPTIONS = {"header": None}
@@ -545,7 +545,7 @@ def _card_format(run_dir: Path) -> str | None:
     dataset = read_run_config(run_dir).get("dataset")
     if dataset is None:
         return None
-    from zoo.datasets import load_card
+    from medzoo.zoo.datasets import load_card
     return load_card(dataset).submission
 
 
@@ -555,7 +555,7 @@ def _dataset_test_ids(run_dir: Path) -> tuple[list[str] | None, str]:
     if dataset is None:
         return None, f"not checked against a test list: {run_dir}/config.json names no dataset"
     try:
-        from zoo.datasets import open_dataset
+        from medzoo.zoo.datasets import open_dataset
         ds = open_dataset(dataset, data_root=config.get("data_root"))
         return list(ds.records("test").ids), f"checked against the {len(ds.records('test').ids)} test images of {ds.name}"
     except (ImportError, FileNotFoundError, ValueError, KeyError) as e:

@@ -19,8 +19,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from ensemble.auc import auc, class_aucs, midranks
-from ensemble.names import unknown_name
+from medzoo.ensemble.auc import auc, class_aucs, midranks
+from medzoo.ensemble.names import unknown_name
 
 DEFAULT_TEMPERATURE = 125.0
 DEFAULT_THRESHOLD = 0.5

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ensemble.run import ensemble_run
+    from medzoo.ensemble.run import build_ensembles
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -34,5 +34,5 @@ def run(args) -> int:
     config = dict(json.loads(saved.read_text()).get("ensemble") or {}) if saved.exists() else {}
     if args.temperature is not None:
         config["temperature"] = args.temperature
-    ensemble_run(run_dir, methods=args.methods, config=config)
+    build_ensembles(run_dir, methods=args.methods, config=config)
     return 0

@@ -22,11 +22,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, normalise_weights,
+from medzoo.ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, normalise_weights,
                                   softmax_auc_weights, validation_aucs)
-from ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds
-from ensemble.names import unknown_name
-from ensemble.table import ProbabilityTable, align
+from medzoo.ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds
+from medzoo.ensemble.names import unknown_name
+from medzoo.ensemble.table import ProbabilityTable, align
 
 MAX_SUBSET_MEMBERS = 16
 SUBSET_CHUNK_ELEMENTS = 1 << 23

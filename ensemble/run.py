@@ -19,10 +19,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ensemble.auc import auc
-from ensemble.combiners import make_method
-from ensemble.names import unknown_name
-from ensemble.table import ProbabilityTable, TableError, align, sidecar_path
+from medzoo.ensemble.auc import auc
+from medzoo.ensemble.combiners import make_method
+from medzoo.ensemble.names import unknown_name
+from medzoo.ensemble.table import ProbabilityTable, TableError, align, sidecar_path
 
 CONFIG_KEYS = ("methods", "members", "temperature", "threshold", "weights", "seed", "greedy", "stacking", "subset_search")
 DEFAULT_METHODS = ("mean", "weighted_mean", "median", "geometric_mean", "rank_mean", "majority_vote",
@@ -106,7 +106,7 @@ def check_config(config: dict | None) -> dict:
     return config
 
 
-def ensemble_run(run_dir: str | Path, methods=None, config: dict | None = None, log=print) -> dict:
+def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = None, log=print) -> dict:
     """Fit every method on the members' validation tables and write ``ensembles/<method>/{val,test}.csv``.
 
     ``methods`` overrides ``config["methods"]``; default :func:`default_methods`. Returns

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ensemble.fileio import atomic_path, write_json
+from medzoo.ensemble.fileio import atomic_path, write_json
 
 FIXED_COLUMNS = ("image_id", "label")
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ensemble.aggregators import (AGGREGATORS, aggregate, get_aggregator, register, softmax_auc_weights,
+from medzoo.ensemble.aggregators import (AGGREGATORS, aggregate, get_aggregator, register, softmax_auc_weights,
                                   validation_aucs)
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds, class_aucs, midranks
+from medzoo.ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds, class_aucs, midranks
 
 
 def test_four_samples_by_hand():

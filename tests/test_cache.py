@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo import cache
-from zoo.cache import cached_images, decode_image, load_images, resize_array
+from medzoo.zoo import cache
+from medzoo.zoo.cache import cached_images, decode_image, load_images, resize_array
 
 
 @pytest.fixture(autouse=True)

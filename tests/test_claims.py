@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_train import read_history, tiny_config
-from zoo.config import load_config
-from zoo.distributed import ClaimLost, read_claim, try_claim
-from zoo.train import status, train_zoo
+from medzoo.zoo.config import load_config
+from medzoo.zoo.distributed import ClaimLost, read_claim, try_claim
+from medzoo.zoo.train import status, train_zoo
 
 
 def _claim_file(path: Path, **fields) -> None:

@@ -5,9 +5,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from ensemble.auc import auc
-from ensemble.combiners import COMBINERS, SubsetSearch, all_subsets, make_method
-from ensemble.table import ProbabilityTable
+from medzoo.ensemble.auc import auc
+from medzoo.ensemble.combiners import COMBINERS, SubsetSearch, all_subsets, make_method
+from medzoo.ensemble.table import ProbabilityTable
 
 
 def tables(p1, y, split="val", names=None):

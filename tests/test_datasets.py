@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo import cli_data
-from zoo.datasets import card_for_path, load_arrays, load_card, open_dataset
+from medzoo.zoo import cli_data
+from medzoo.zoo.datasets import card_for_path, load_arrays, load_card, open_dataset
 
 REAL_DATA = Path(os.environ.get("MEDZOO_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 

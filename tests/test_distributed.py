@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ensemble.table import ProbabilityTable
+from medzoo.ensemble.table import ProbabilityTable
 from tests.test_train import read_history, tiny_config, write_tiny_npz
-from zoo.checkpoint import model_from_checkpoint
-from zoo.config import load_config
-from zoo.predict import predict_probs
-from zoo.train import roc_auc, train_zoo
+from medzoo.zoo.checkpoint import model_from_checkpoint
+from medzoo.zoo.config import load_config
+from medzoo.zoo.predict import predict_probs
+from medzoo.zoo.train import roc_auc, train_zoo
 
 
 def _free_port() -> int:
@@ -86,7 +86,7 @@ def test_two_process_ddp_shards_gathers_and_writes_once(tmp_path):
 
     model, ckpt = model_from_checkpoint(mdir / "best.pt")
     cfg = load_config(config)
-    from zoo.datasets import load_arrays, open_dataset
+    from medzoo.zoo.datasets import load_arrays, open_dataset
 
     val = load_arrays(open_dataset(cfg.dataset), "val", 32)
     single = predict_probs(model, val.images, mean=ckpt["mean"], std=ckpt["std"], device=torch.device("cpu"))

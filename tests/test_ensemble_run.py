@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from ensemble.aggregators import softmax_auc_weights
-from ensemble.auc import auc
-from ensemble.run import ensemble_run, load_member_tables
-from ensemble.table import ProbabilityTable, TableError
+from medzoo.ensemble.aggregators import softmax_auc_weights
+from medzoo.ensemble.auc import auc
+from medzoo.ensemble.run import build_ensembles, load_member_tables
+from medzoo.ensemble.table import ProbabilityTable, TableError
 
 MEMBERS = ("alpha", "beta", "gamma")
 
@@ -28,7 +28,7 @@ def write_run(root, n_val=120, n_test=80, members=MEMBERS, test_labels=True, see
 
 def test_every_default_method_writes_val_and_test_tables(tmp_path):
     run = write_run(tmp_path, test_labels=False)
-    results = ensemble_run(run, config={"weights": {"alpha": 1, "beta": 1, "gamma": 2}}, log=None)
+    results = build_ensembles(run, config={"weights": {"alpha": 1, "beta": 1, "gamma": 2}}, log=None)
     assert list(results) == ["mean", "weighted_mean", "median", "geometric_mean", "rank_mean", "majority_vote",
                              "majority_vote_mean", "softmax_auc", "greedy", "stacking", "subset_search"]
     for method, res in results.items():
@@ -55,7 +55,7 @@ def test_every_default_method_writes_val_and_test_tables(tmp_path):
 
 def test_test_tables_are_the_method_applied_to_test(tmp_path):
     run = write_run(tmp_path)
-    ensemble_run(run, methods=["softmax_auc"], config={"temperature": 40}, log=None)
+    build_ensembles(run, methods=["softmax_auc"], config={"temperature": 40}, log=None)
     val_tables, test_tables = load_member_tables(run)
     aucs = [auc(t.probs, t.labels) for t in val_tables]
     w = softmax_auc_weights(aucs, 40)
@@ -72,16 +72,16 @@ def test_members_still_being_written_are_skipped_and_logged(tmp_path):
     (run / "members" / "beta").mkdir()
     (run / "predictions" / "delta" / "val.csv").unlink()
     logged = []
-    res = ensemble_run(run, methods=["mean"], log=logged.append)
+    res = build_ensembles(run, methods=["mean"], log=logged.append)
     assert res["mean"]["members"] == ["alpha", "gamma"]
     assert logged[:2] == [f"skipping member 'beta': not finished: no {run / 'members' / 'beta' / 'done.json'}",
                           f"skipping member 'delta': no {run / 'predictions' / 'delta' / 'val.csv'}"]
     with pytest.raises(ValueError, match="member 'beta' cannot be used: not finished: no .*done.json"):
-        ensemble_run(run, methods=["mean"], config={"members": ["alpha", "beta"]}, log=None)
+        build_ensembles(run, methods=["mean"], config={"members": ["alpha", "beta"]}, log=None)
     (run / "members" / "gamma" / "done.json").unlink()
     (run / "members" / "alpha" / "done.json").unlink()
     with pytest.raises(FileNotFoundError, match="expected predictions/<member>/val.csv and members/<member>/done.json"):
-        ensemble_run(run, methods=["mean"], log=None)
+        build_ensembles(run, methods=["mean"], log=None)
 
 
 def test_mismatched_ids_are_named(tmp_path):
@@ -91,7 +91,7 @@ def test_mismatched_ids_are_named(tmp_path):
     t.write(run / "predictions" / "beta" / "val.csv")
     with pytest.raises(TableError, match="member 'beta' does not cover the same images as 'alpha': "
                                          "missing 1 \\['val3'\\], extra 1 \\['stranger'\\]"):
-        ensemble_run(run, methods=["mean"], log=None)
+        build_ensembles(run, methods=["mean"], log=None)
 
 
 def test_mismatched_classes_are_named(tmp_path):
@@ -100,21 +100,21 @@ def test_mismatched_classes_are_named(tmp_path):
     t.classes = ["normal", "virus"]
     t.write(run / "predictions" / "gamma" / "test.csv")
     with pytest.raises(TableError, match="member 'gamma' has classes \\['normal', 'virus'\\]"):
-        ensemble_run(run, methods=["mean"], log=None)
+        build_ensembles(run, methods=["mean"], log=None)
 
 
 def test_a_member_without_test_is_named(tmp_path):
     run = write_run(tmp_path)
     (run / "predictions" / "beta" / "test.csv").unlink()
     with pytest.raises(TableError, match="members \\['beta'\\] have no test.csv"):
-        ensemble_run(run, methods=["mean"], log=None)
+        build_ensembles(run, methods=["mean"], log=None)
 
 
 def test_without_test_tables_only_val_is_written(tmp_path):
     run = write_run(tmp_path)
     for m in MEMBERS:
         (run / "predictions" / m / "test.csv").unlink()
-    res = ensemble_run(run, methods=["mean"], config={"members": ["alpha", "gamma"]}, log=None)
+    res = build_ensembles(run, methods=["mean"], config={"members": ["alpha", "gamma"]}, log=None)
     assert res["mean"]["test"] is False and res["mean"]["members"] == ["alpha", "gamma"]
     assert (run / "ensembles" / "mean" / "val.csv").exists() and not (run / "ensembles" / "mean" / "test.csv").exists()
 
@@ -122,22 +122,22 @@ def test_without_test_tables_only_val_is_written(tmp_path):
 def test_config_errors_are_clear(tmp_path):
     run = write_run(tmp_path)
     with pytest.raises(ValueError, match="unknown \\[ensemble\\] key 'temperatur'; did you mean 'temperature'\\?"):
-        ensemble_run(run, config={"temperatur": 3}, log=None)
+        build_ensembles(run, config={"temperatur": 3}, log=None)
     with pytest.raises(ValueError, match="weighted_mean needs member weights"):
-        ensemble_run(run, methods=["weighted_mean"], log=None)
+        build_ensembles(run, methods=["weighted_mean"], log=None)
     with pytest.raises(ValueError, match="unknown ensemble method 'greddy'; did you mean 'greedy'\\?"):
-        ensemble_run(run, methods=["mean", "greddy"], log=None)
+        build_ensembles(run, methods=["mean", "greddy"], log=None)
     assert not (run / "ensembles").exists()  # names are checked before anything is written
     with pytest.raises(ValueError, match="unknown member 'delta'"):
-        ensemble_run(run, config={"members": ["alpha", "delta"]}, log=None)
+        build_ensembles(run, config={"members": ["alpha", "delta"]}, log=None)
     with pytest.raises(ValueError, match="weights is given per member; missing members \\['gamma'\\]"):
-        ensemble_run(run, methods=["weighted_mean"], config={"weights": {"alpha": 1, "beta": 2}}, log=None)
+        build_ensembles(run, methods=["weighted_mean"], config={"weights": {"alpha": 1, "beta": 2}}, log=None)
     with pytest.raises(FileNotFoundError, match="no member tables under"):
-        ensemble_run(tmp_path / "nowhere", log=None)
+        build_ensembles(tmp_path / "nowhere", log=None)
 
 
 def test_ensemble_command(tmp_path, capsys):
-    from ensemble.cli import register
+    from medzoo.ensemble.cli import register
 
     run = write_run(tmp_path)
     (run / "config.json").write_text(json.dumps({"ensemble": {"temperature": 5, "greedy": {"steps": 3, "bags": 2}}}))
@@ -156,6 +156,7 @@ def test_the_ensemble_layer_imports_neither_torch_nor_zoo():
     import subprocess
     import sys
 
-    code = ("import sys, ensemble.run, ensemble.cli, ensemble.combiners; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'zoo')); assert not bad, bad")
+    code = ("import sys, medzoo, medzoo.ensemble.run, medzoo.ensemble.cli, medzoo.ensemble.combiners; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('medzoo.zoo')); "
+            "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

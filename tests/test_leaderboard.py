@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import cli_leaderboard
-from benchmarks.leaderboard import build_leaderboard, config_options, write_leaderboard
-from ensemble.table import ProbabilityTable
+from medzoo.benchmarks import cli_leaderboard
+from medzoo.benchmarks.leaderboard import build_leaderboard, config_options, write_leaderboard
+from medzoo.ensemble.table import ProbabilityTable
 
 # Binary run: the 4-by-4 example of test_metrics (4 positives, then 4 negatives) on val and on test.
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
@@ -64,10 +64,10 @@ def isic_card(monkeypatch):
     card = types.SimpleNamespace(name="isic-like", classes=THREE, views=[
         {"name": "melanoma", "positive": ["melanoma"]},
         {"name": "seborrheic_keratosis", "positive": ["seborrheic_keratosis"]}])
-    fake = types.ModuleType("zoo.datasets")
+    fake = types.ModuleType("medzoo.zoo.datasets")
     fake.load_card = lambda name: card if name == "isic-like" else (_ for _ in ()).throw(
         FileNotFoundError(f"no card {name}"))
-    monkeypatch.setitem(sys.modules, "zoo.datasets", fake)
+    monkeypatch.setitem(sys.modules, "medzoo.zoo.datasets", fake)
 
 
 def test_binary_leaderboard_values_by_hand(tmp_path, isic_card):

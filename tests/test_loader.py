@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.augment import affine_grid, augment_batch, check_config, color_affine, random_affine
-from zoo.loader import BatchLoader
+from medzoo.zoo.augment import affine_grid, augment_batch, check_config, color_affine, random_affine
+from medzoo.zoo.loader import BatchLoader
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 

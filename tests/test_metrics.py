@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from benchmarks import metrics
+from medzoo.benchmarks import metrics
 
 # The 4-by-4 example used throughout: 4 positives then 4 negatives, two predictors A and B on the same cases.
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])

@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torchvision.models.inception import InceptionAux
 
-from zoo import cli_models
-from zoo.models import (
+from medzoo.zoo import cli_models
+from medzoo.zoo.models import (
     IMAGENET_MEAN, IMAGENET_STD, SmallInputInceptionAux, adapt_first_conv, create_model, forward_logits,
     head_parameters, imagenet_weights_path, list_models, model_info, register, set_backbone_trainable,
 )

@@ -6,9 +6,9 @@ import json
 import torch
 
 from tests.test_train import read_history, tiny_config
-from zoo.checkpoint import load_checkpoint
-from zoo.config import load_config
-from zoo.train import status, train_member, train_zoo
+from medzoo.zoo.checkpoint import load_checkpoint
+from medzoo.zoo.config import load_config
+from medzoo.zoo.train import status, train_member, train_zoo
 
 
 class Killed(BaseException):

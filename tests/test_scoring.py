@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import cli_submit
-from benchmarks.scoring import SCORERS, scorer, score_submission, specificity_at_sensitivity
-from benchmarks.submission import FORMATS, SubmissionError
+from medzoo.benchmarks import cli_submit
+from medzoo.benchmarks.scoring import SCORERS, scorer, score_submission, specificity_at_sensitivity
+from medzoo.benchmarks.submission import FORMATS, SubmissionError
 
 ISIC2017_TRUTH = ("image_id,melanoma,seborrheic_keratosis\n"
                   "ISIC_A,1.0,0.0\nISIC_B,0.0,1.0\nISIC_C,0.0,0.0\nISIC_D,1.0,0.0\nISIC_E,0.0,0.0\n")

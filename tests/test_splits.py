@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo.datasets import open_dataset
-from zoo.splits import (check_ratios, read_split_csv, split_name, stratified_folds, stratified_split,
+from medzoo.zoo.datasets import open_dataset
+from medzoo.zoo.splits import (check_ratios, read_split_csv, split_name, stratified_folds, stratified_split,
                         write_split_csv)
 
 

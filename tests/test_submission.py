@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import cli_submit
-from benchmarks.submission import (FORMATS, Submission, SubmissionError, build_submission, medmnist_index,
+from medzoo.benchmarks import cli_submit
+from medzoo.benchmarks.submission import (FORMATS, Submission, SubmissionError, build_submission, medmnist_index,
                                    read_submission, register_format, submit_run, top_entry, validate_submission,
                                    write_submission)
-from ensemble.table import ProbabilityTable
+from medzoo.ensemble.table import ProbabilityTable
 
 ISIC_IDS = ["ISIC_0000001", "ISIC_0000002.jpg", "ISIC_0000003", "ISIC_0000004"]
 ISIC_PROBS = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.25, 0.25, 0.5], [0.05, 0.9, 0.05]]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ensemble.table import ProbabilityTable, TableError, align, sidecar_path
+from medzoo.ensemble.table import ProbabilityTable, TableError, align, sidecar_path
 
 
 def table(ids=("a", "b", "c"), probs=None, labels=(0, 1, -1), **meta):

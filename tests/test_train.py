@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.table import ProbabilityTable
-from zoo.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-from zoo.config import load_config, parse_config
-from zoo.predict import predict, predict_probs
-from zoo.train import (accumulation_steps, class_weights, focal_loss, make_optimizer, make_scheduler, roc_auc, status, train_member,
+from medzoo.ensemble.table import ProbabilityTable
+from medzoo.zoo.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from medzoo.zoo.config import load_config, parse_config
+from medzoo.zoo.predict import predict, predict_probs
+from medzoo.zoo.train import (accumulation_steps, class_weights, focal_loss, make_optimizer, make_scheduler, roc_auc, status, train_member,
                        train_zoo)
 
 
@@ -141,7 +141,7 @@ def test_failed_member_is_recorded_and_the_zoo_moves_on(tmp_path):
 def test_cli_train_then_status(tmp_path, capsys):
     import argparse
 
-    from zoo import cli_train
+    from medzoo.zoo import cli_train
 
     parser = argparse.ArgumentParser(prog="medzoo")
     cli_train.register(parser.add_subparsers())
@@ -199,7 +199,7 @@ def test_config_defaults_member_overrides_and_command_line_overrides():
 
 
 def test_effective_batch_sets_accumulation_for_the_world_size():
-    from zoo.config import TrainConfig
+    from medzoo.zoo.config import TrainConfig
 
     cfg = TrainConfig(batch_size=4, effective_batch=16)
     assert [accumulation_steps(cfg, w) for w in (1, 2, 4)] == [4, 2, 1]
@@ -234,7 +234,7 @@ def test_roc_auc_binary_multiclass_and_undefined():
 
 
 def test_cosine_schedule_with_linear_warmup():
-    from zoo.config import TrainConfig
+    from medzoo.zoo.config import TrainConfig
 
     model = torch.nn.Linear(2, 2)
     cfg = TrainConfig(epochs=3, warmup_epochs=1, lr=1.0, schedule="cosine")

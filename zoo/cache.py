@@ -2,7 +2,7 @@
 
 Images become ``uint8 [size, size, 3]`` RGB (grayscale replicated to 3 channels, aspect
 ratio not kept). The on-disk cache lives under ``$MEDZOO_CACHE`` (default
-``data/cache/arrays`` in the project) as ``<dataset>/<split>-<size>px-<key>.npy``, where the
+``~/.cache/medzoo/arrays``, or under ``$XDG_CACHE_HOME``) as ``<dataset>/<split>-<size>px-<key>.npy``, where the
 key hashes every file's path, size and modification time: a changed, added or removed file
 gives a new key, so it is re-read.
 """
@@ -16,16 +16,20 @@ from typing import Sequence
 
 import numpy as np
 
-from ensemble.fileio import atomic_path
+from medzoo.ensemble.fileio import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 CACHE_VERSION = 1
 
 
+def user_cache_dir() -> Path:
+    """medzoo's folder in the user's cache: ``$XDG_CACHE_HOME/medzoo``, default ``~/.cache/medzoo``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medzoo"
+
+
 def cache_root() -> Path:
-    """``$MEDZOO_CACHE``, default ``<project>/data/cache/arrays``."""
-    return Path(os.environ.get("MEDZOO_CACHE") or PROJECT_DIR / "data" / "cache" / "arrays")
+    """``$MEDZOO_CACHE``, default ``<user cache>/arrays``."""
+    return Path(os.environ.get("MEDZOO_CACHE") or user_cache_dir() / "arrays")
 
 
 def _as_8bit(img):

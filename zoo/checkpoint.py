@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ensemble.fileio import atomic_path
+from medzoo.ensemble.fileio import atomic_path
 
 FORMAT = "medzoo-checkpoint"
 
@@ -78,7 +78,7 @@ def set_rng_state(state: dict) -> None:
 
 def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model stored in a checkpoint, in eval mode on ``device``; returns ``(model, checkpoint)``."""
-    from zoo.models import create_model
+    from medzoo.zoo.models import create_model
 
     ckpt = load_checkpoint(path)
     model = create_model(ckpt["arch"], num_classes=len(ckpt["classes"]))

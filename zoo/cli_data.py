@@ -73,7 +73,7 @@ def plot_counts(dataset, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ensemble.fileio import atomic_path
+    from medzoo.ensemble.fileio import atomic_path
 
     counts = np.stack([dataset.class_counts(s) for s in dataset.splits])
     names = [*dataset.classes, "unlabeled"]
@@ -99,7 +99,7 @@ def plot_counts(dataset, path: str | Path) -> Path:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
-    from zoo.datasets import open_dataset
+    from medzoo.zoo.datasets import open_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -19,7 +19,7 @@ def table() -> list[dict]:
     """One row per registered model: name, family, params_m, default_size, min_size, mean, std."""
     import torch
 
-    from zoo.models import create_model, list_models, model_info
+    from medzoo.zoo.models import create_model, list_models, model_info
 
     rows = []
     for name in list_models():

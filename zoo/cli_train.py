@@ -12,7 +12,7 @@ def register(sub) -> None:
                     "best.pt/last.pt/history.csv/curves.png and validation/test probability tables. Rerunning "
                     "resumes: finished members are skipped, an interrupted one continues from last.pt. Several "
                     "jobs may share one run folder (a claim file per member keeps them apart). For one member "
-                    "on several GPUs or processes: torchrun --nproc-per-node N -m benchmarks.cli train CONFIG "
+                    "on several GPUs or processes: torchrun --nproc-per-node N -m medzoo train CONFIG "
                     "--member ID.",
     )
     p.add_argument("config", help="zoo config TOML, e.g. benchmarks/quick_pneumoniamnist.toml")
@@ -47,9 +47,9 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from zoo.config import load_config
-    from zoo.distributed import env_info
-    from zoo.train import train_zoo
+    from medzoo.zoo.config import load_config
+    from medzoo.zoo.distributed import env_info
+    from medzoo.zoo.train import train_zoo
 
     overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
     cfg = load_config(args.config, overrides)
@@ -68,7 +68,7 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from zoo.predict import predict
+    from medzoo.zoo.predict import predict
 
     table = predict(args.checkpoint, args.images, out=args.out, tta=args.tta, device=args.device)
     if args.out:
@@ -81,7 +81,7 @@ def _predict(args) -> int:
 
 
 def _status(args) -> int:
-    from zoo.train import status
+    from medzoo.zoo.train import status
 
     rows = status(args.run_dir)
     if not rows:

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ensemble.fileio import write_json
-from ensemble.names import unknown_name
-from zoo.tomlfile import read_toml
+from medzoo.ensemble.fileio import write_json
+from medzoo.ensemble.names import unknown_name
+from medzoo.zoo.tomlfile import read_toml
 
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -215,7 +215,7 @@ def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberC
         raise ValueError(f"{where} needs model = \"<name>\", got {raw!r}")
     train_keys = [f.name for f in fields(TrainConfig)]
     _check_keys(raw, ["model", "size", "id", *train_keys], where)
-    from zoo.models import list_models, model_info
+    from medzoo.zoo.models import list_models, model_info
 
     model = raw["model"]
     if model not in list_models():
@@ -236,7 +236,7 @@ def _parse_augment(raw: dict, where: str) -> AugmentConfig:
     values = {f.name: _check_type(f"{where} {f.name}", raw[f.name], type(f.default))
               for f in fields(AugmentConfig) if f.name in raw}
     aug = AugmentConfig(**values)
-    from zoo.augment import check_config
+    from medzoo.zoo.augment import check_config
 
     try:
         check_config(asdict(aug))

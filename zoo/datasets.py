@@ -1,7 +1,7 @@
 """Dataset cards, readers for folder trees, CSV label files and MedMNIST ``.npz``, and splits.
 
 A card (``data/<name>.toml``, see ``data/README.md``) says where the files are, relative to
-the data root (``$MEDZOO_DATA``, default ``data/cache`` in the project), which classes there
+the data root (``$MEDZOO_DATA``, default ``~/.cache/medzoo/data``), which classes there
 are and how splits are made. :func:`open_dataset` reads the labels and lists the images
 (failing early, naming the file and row, on anything wrong); :func:`load_arrays` gives a
 split as ``uint8`` arrays at a training size, through the on-disk cache of :mod:`zoo.cache`.
@@ -21,18 +21,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ensemble.fileio import atomic_path
-from ensemble.names import unknown_name
-from zoo.cache import IMAGE_EXTENSIONS, PROJECT_DIR, cached_images, load_images, resize_array
-from zoo.splits import (SPLIT_ALIASES, SPLIT_NAMES, check_ratios, read_split_csv, split_name, stratified_folds,
+from medzoo.ensemble.fileio import atomic_path
+from medzoo.ensemble.names import unknown_name
+from medzoo.data import CARD_DIR
+from medzoo.zoo.cache import IMAGE_EXTENSIONS, cached_images, load_images, resize_array, user_cache_dir
+from medzoo.zoo.splits import (SPLIT_ALIASES, SPLIT_NAMES, check_ratios, read_split_csv, split_name, stratified_folds,
                         stratified_split, write_split_csv)
-from zoo.tomlfile import read_toml
+from medzoo.zoo.tomlfile import read_toml
 
 __all__ = ["DatasetCard", "Dataset", "SplitRecords", "SplitArrays", "load_card", "open_dataset",
            "load_arrays", "load_images", "known_cards", "resolve_data_root", "card_for_path", "ensure_file",
            "read_folder", "read_csv", "read_npz", "CARD_DIR"]
 
-CARD_DIR = PROJECT_DIR / "data"
 FORMATS = ("folder", "csv", "npz")
 CARD_KEYS = {"name", "format", "description", "citation", "license", "source", "classes", "submission",
              "views", "root", "file", "url", "md5", "sha256", "labels", "images", "id_column",
@@ -46,8 +46,8 @@ DEFAULT_RATIOS = {"train": 0.75, "val": 0.20, "test": 0.05}
 
 
 def resolve_data_root(path: str | Path | None = None) -> Path:
-    """``path``, else ``$MEDZOO_DATA``, else ``<project>/data/cache``."""
-    return Path(path or os.environ.get("MEDZOO_DATA") or CARD_DIR / "cache")
+    """``path``, else ``$MEDZOO_DATA``, else ``<user cache>/data`` (``~/.cache/medzoo/data``)."""
+    return Path(path or os.environ.get("MEDZOO_DATA") or user_cache_dir() / "data")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Distributed training helpers (torch.distributed under ``torchrun``) and per-member claim files.
 
-One member across processes: ``torchrun --nproc-per-node N -m benchmarks.cli train CONFIG``
+One member across processes: ``torchrun --nproc-per-node N -m medzoo train CONFIG``
 sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`session` then initialises the process
 group (NCCL on CUDA, gloo on the CPU) with a timeout so a dead peer ends the job instead of
 hanging it.
@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from ensemble.fileio import write_json
+from medzoo.ensemble.fileio import write_json
 
 
 @dataclass(frozen=True)

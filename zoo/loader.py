@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from zoo.augment import augment_batch, check_config
-from zoo.models import IMAGENET_MEAN, IMAGENET_STD
+from medzoo.zoo.augment import augment_batch, check_config
+from medzoo.zoo.models import IMAGENET_MEAN, IMAGENET_STD
 
 
 def keep_freed_memory() -> bool:

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ensemble.table import ProbabilityTable
-from zoo import distributed
+from medzoo.ensemble.table import ProbabilityTable
+from medzoo.zoo import distributed
 
 
 def tta_flips(tta: bool, vflip: bool) -> tuple[tuple[int, ...], ...]:
@@ -31,7 +31,7 @@ def predict_probs(model: torch.nn.Module, images, *, mean, std, device, batch_si
     Under ``torch.distributed`` each rank predicts its shard and every rank gets all ``N`` rows,
     each image once.
     """
-    from zoo.loader import BatchLoader
+    from medzoo.zoo.loader import BatchLoader
 
     dist = distributed.info()
     n = len(images)
@@ -54,7 +54,7 @@ def predict_probs(model: torch.nn.Module, images, *, mean, std, device, batch_si
 
 def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     """Files, and image files found (recursively, sorted) in folders; raises for anything missing."""
-    from zoo.cache import IMAGE_EXTENSIONS
+    from medzoo.zoo.cache import IMAGE_EXTENSIONS
 
     paths = []
     for item in map(Path, inputs):
@@ -83,9 +83,9 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], *, out: str | 
     The checkpoint carries the architecture, classes, input size and normalisation. Writes
     the table to ``out`` when given.
     """
-    from zoo.checkpoint import file_sha256, model_from_checkpoint
-    from zoo.datasets import load_images
-    from zoo.train import resolve_device
+    from medzoo.zoo.checkpoint import file_sha256, model_from_checkpoint
+    from medzoo.zoo.datasets import load_images
+    from medzoo.zoo.train import resolve_device
 
     dev = resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, dev)

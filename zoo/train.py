@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ensemble.fileio import write_json, write_text
-from ensemble.table import ProbabilityTable
-from zoo import distributed
-from zoo.checkpoint import file_sha256, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from zoo.config import MemberConfig, TrainConfig, ZooConfig, save_config
-from zoo.predict import predict_probs, tta_flips
+from medzoo.ensemble.fileio import write_json, write_text
+from medzoo.ensemble.table import ProbabilityTable
+from medzoo.zoo import distributed
+from medzoo.zoo.checkpoint import file_sha256, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medzoo.zoo.config import MemberConfig, TrainConfig, ZooConfig, save_config
+from medzoo.zoo.predict import predict_probs, tta_flips
 
 AUX_WEIGHT = 0.4
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds", "effective_batch")
@@ -119,7 +119,7 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     labels int ``[N]``, probs ``[N, C]``. NaN when a class is absent from ``labels`` (unlike the
     leaderboard, which skips it): early stopping then never selects on a macro AUC of fewer classes.
     """
-    from ensemble.auc import auc
+    from medzoo.ensemble.auc import auc
 
     present = np.unique(labels)
     if len(present) < 2 or (probs.shape[1] > 2 and len(present) < probs.shape[1]):
@@ -159,7 +159,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=N
     """
     from tqdm import tqdm
 
-    from zoo.models import forward_logits
+    from medzoo.zoo.models import forward_logits
 
     model.train()
     n_batches = min(len(loader), max_batches) if max_batches else len(loader)
@@ -226,7 +226,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from ensemble.fileio import atomic_path
+    from medzoo.ensemble.fileio import atomic_path
 
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -247,7 +247,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
 
 def _load_data(cfg: ZooConfig, size: int) -> tuple[str, list[str], dict]:
     """(dataset name, classes, {split: SplitArrays}) at ``size`` px; rank 0 fills the cache first."""
-    from zoo.datasets import load_arrays, open_dataset
+    from medzoo.zoo.datasets import load_arrays, open_dataset
 
     ds = open_dataset(cfg.dataset, data_root=cfg.data_root)
     for split in ("train", "val"):
@@ -292,8 +292,8 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
     epoch (claim heartbeats). Returns ``{"member", "model", "size", "val_auc", "test_auc",
     "best_epoch", "epochs", "minutes", "effective_batch", "status"}`` (also ``done.json``).
     """
-    from zoo.loader import BatchLoader
-    from zoo.models import create_model, model_info, set_backbone_trainable
+    from medzoo.zoo.loader import BatchLoader
+    from medzoo.zoo.models import create_model, model_info, set_backbone_trainable
 
     member = cfg.member(member) if isinstance(member, str) else member
     t = member.train
@@ -411,7 +411,7 @@ def _finish(cfg, member, run_dir, run, data, device, channels_last, say) -> dict
     Tables are predicted in full precision (no autocast): bf16/fp16 logits would tie
     confident images and blur every AUC computed from the tables.
     """
-    from zoo.checkpoint import model_from_checkpoint
+    from medzoo.zoo.checkpoint import model_from_checkpoint
 
     mdir = run_dir / "members" / member.id
     best = mdir / "best.pt"
@@ -499,7 +499,7 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
     run_dir = Path(results_dir) / cfg.run
     device = resolve_device(cfg.device)
     if device.type == "cpu":
-        from zoo.loader import keep_freed_memory
+        from medzoo.zoo.loader import keep_freed_memory
 
         keep_freed_memory()
     results = []
@@ -557,7 +557,7 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
 def _record_run(cfg: ZooConfig, run_dir: Path) -> None:
     """Save the resolved config (with the absolute data root, so later commands find the data)
     and, when the dataset's splits were made rather than given, the split of every image."""
-    from zoo.datasets import open_dataset, resolve_data_root
+    from medzoo.zoo.datasets import open_dataset, resolve_data_root
 
     root = str(resolve_data_root(cfg.data_root).resolve())
     save_config(replace(cfg, data_root=root), run_dir)
