@@ -1,15 +1,36 @@
-"""Atomic file writes: a reader never sees a half-written file, and a crash leaves the old one."""
+"""Atomic file writes: a reader never sees a half-written file, and a crash leaves the old one.
+
+:func:`atomic_path` writes to ``.<name>.<8 hex digits>.medzoo-tmp`` beside the target and renames
+it over the target when done. A process killed mid-write (SIGKILL, power loss) leaves that
+temporary file behind; :func:`clean_stale_temps` removes such files, and only such files.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
+import time
 from pathlib import Path
 from typing import Iterator
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+import numpy as np
+
+TEMP_SUFFIX = ".medzoo-tmp"
+TEMP_PATTERN = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
+
+
+def _temp_file(path: Path) -> Path:
+    """Create an empty, new temporary file beside ``path`` (mode 0666 less the umask) and return its path."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
 
 
 @contextlib.contextmanager
@@ -20,17 +41,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _temp_file(path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def clean_stale_temps(folder: str | os.PathLike, older_than: float = 0.0, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files that killed :func:`atomic_path` writes left in ``folder``; return them, sorted.
+
+    Only regular files named exactly like atomic_path's temporaries
+    (``.<name>.<8 hex digits>.medzoo-tmp``) are touched. ``older_than`` (seconds): keep files
+    modified less than that long ago; pass more than the longest write when another process
+    may be writing in ``folder`` now (0 removes every match). ``recursive`` searches subfolders too.
+    A missing folder has nothing to clean.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for p in folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}"):
+        if not TEMP_PATTERN.fullmatch(p.name) or p.is_symlink() or not p.is_file():
+            continue
+        if older_than > 0 and now - p.stat().st_mtime < older_than:
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return sorted(removed)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -40,6 +82,26 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def strict_json(obj):
+    """``obj`` with NaN and infinities as ``None`` and numpy scalars and arrays as Python values, recursively.
+
+    Dicts, lists and tuples are walked (tuples become lists); anything else is returned as it is.
+    """
+    if isinstance(obj, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return strict_json(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically (NaN and infinities become ``null``).
+
+    Objects JSON has no type for are written as their ``str``.
+    """
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return write_text(path, text + "\n")

@@ -6,6 +6,11 @@ optional true labels and a metadata sidecar. On disk it is a CSV with the fixed 
 unknown) and a JSON sidecar beside it (``val.csv`` -> ``val.json``). The sidecar is
 optional on reading, so tables made by other tools work too.
 
+Rows hold class probabilities, so reading warns when a row does not sum to 1 (within
+:data:`ROW_SUM_TOLERANCE`), unless the sidecar says ``"rows_sum_to_one": false``: what an
+ensemble whose rows are scores writes (``median`` and ``rank_mean`` over more than two
+classes, per-class member weights).
+
 This module imports neither torch nor ``zoo``: both sides of the toolkit share it.
 """
 from __future__ import annotations
@@ -14,6 +19,7 @@ import csv
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +29,7 @@ import numpy as np
 from medzoo.ensemble.fileio import atomic_path, write_json
 
 FIXED_COLUMNS = ("image_id", "label")
+ROW_SUM_TOLERANCE = 1e-3
 
 
 class TableError(ValueError):
@@ -121,7 +128,11 @@ class ProbabilityTable:
 
     @classmethod
     def read(cls, path: str | Path) -> "ProbabilityTable":
-        """Read a table written by medzoo or by another tool (sidecar optional)."""
+        """Read a table written by medzoo or by another tool (sidecar optional).
+
+        Warns (one line, naming the file, the first such row and how many) when rows do not
+        sum to 1 within :data:`ROW_SUM_TOLERANCE`, unless ``meta["rows_sum_to_one"]`` is false.
+        """
         path = Path(path)
         if not path.exists():
             raise TableError(f"no probability table at {path}")
@@ -169,12 +180,27 @@ class ProbabilityTable:
         table = cls.__new__(cls)
         table.ids, table.classes, table.probs, table.labels, table.meta = ids, classes, probs, labels, meta
         table.validate(source=str(path))
+        if table.meta.get("rows_sum_to_one", True):
+            _warn_unnormalised(table, str(path))
         return table
+
+    def rows_sum_to_one(self) -> np.ndarray:
+        """``[N]`` bool: whether each row's probabilities sum to 1 within :data:`ROW_SUM_TOLERANCE`."""
+        return np.abs(self.probs.sum(axis=1) - 1.0) <= ROW_SUM_TOLERANCE
 
 
 def sidecar_path(path: str | Path) -> Path:
     """The JSON sidecar beside a table CSV."""
     return Path(path).with_suffix(".json")
+
+
+def _warn_unnormalised(table: ProbabilityTable, source: str) -> None:
+    off = np.flatnonzero(~table.rows_sum_to_one())
+    if off.size:
+        i = int(off[0])
+        warnings.warn(f"{source}: {off.size} of {len(table.ids)} rows do not sum to 1 (within {ROW_SUM_TOLERANCE:g}); "
+                      f"first: row {i} (image_id {table.ids[i]!r}) sums to {table.probs[i].sum():.6g}",
+                      stacklevel=3)
 
 
 def _duplicates(items: Sequence[str]) -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -148,3 +149,24 @@ def test_align_errors():
         align([a, table(labels=(0, 0, -1), member="d")])
     with pytest.raises(TableError, match="no tables"):
         align([])
+
+
+def test_reading_rows_that_do_not_sum_to_one_warns_once_naming_the_first(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("image_id,label,a,b\nx,a,0.5,0.5\ny,b,0.5,0.4\nz,,0.7,0.2\nw,,0.5,0.5004\n")
+    with pytest.warns(UserWarning) as caught:
+        t = ProbabilityTable.read(path)
+    assert [str(w.message) for w in caught] == [
+        f"{path}: 2 of 4 rows do not sum to 1 (within 0.001); first: row 1 (image_id 'y') sums to 0.9"]
+    assert t.rows_sum_to_one().tolist() == [True, False, False, True]
+
+
+def test_tables_marked_as_scores_and_normalised_tables_read_silently(tmp_path):
+    scores = ProbabilityTable(["x", "y"], ["a", "b", "c"], [[0.2, 0.3, 0.4], [0.1, 0.1, 0.1]],
+                              meta={"method": "median", "rows_sum_to_one": False})
+    scores.write(tmp_path / "median.csv")
+    table().write(tmp_path / "t.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ProbabilityTable.read(tmp_path / "median.csv").meta["rows_sum_to_one"] is False
+        ProbabilityTable.read(tmp_path / "t.csv")
