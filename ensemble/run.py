@@ -10,21 +10,29 @@ The ``[ensemble]`` section of a config (a dict here) may hold:
 ``methods`` (list), ``members`` (list of member ids to use), ``temperature`` (softmax_auc and
 subset_search), ``threshold`` (vote threshold: a number or ``{member: t}``), ``weights``
 (``{member: w}`` or ``{member: [w per class]}``, enables ``weighted_mean``), ``seed``, and
-option tables ``greedy`` (steps, bags, bag_fraction, folds), ``stacking`` (folds, C) and
-``subset_search`` (aggregators, top, folds).
+option tables ``greedy`` (steps, bags, bag_fraction, folds, seed), ``stacking`` (folds, C, seed)
+and ``subset_search`` (aggregators, temperature, threshold, top, folds, seed).
+:func:`check_config` checks the section whole, keys and values, without reading a file.
 """
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
 from pathlib import Path
 
 from tqdm import tqdm
 
+from medzoo.ensemble.aggregators import normalise_weights
 from medzoo.ensemble.auc import auc
-from medzoo.ensemble.combiners import make_method
+from medzoo.ensemble.combiners import COMBINERS, make_method, method_names
 from medzoo.ensemble.names import unknown_name
 from medzoo.ensemble.table import ProbabilityTable, TableError, align, sidecar_path
 
 CONFIG_KEYS = ("methods", "members", "temperature", "threshold", "weights", "seed", "greedy", "stacking", "subset_search")
+OPTION_TABLES = ("greedy", "stacking", "subset_search")
+OPTION_LOWER_BOUNDS = {"folds": (2, False), "C": (0, True), "top": (0, False), "temperature": (0, True),
+                       "seed": (0, False)}
 DEFAULT_METHODS = ("mean", "weighted_mean", "median", "geometric_mean", "rank_mean", "majority_vote",
                    "majority_vote_mean", "softmax_auc", "greedy", "stacking", "subset_search")
 
@@ -97,13 +105,144 @@ def method_options(name: str, config: dict) -> dict:
     return {}
 
 
-def check_config(config: dict | None) -> dict:
-    """The ``[ensemble]`` config, with unknown keys rejected by name."""
+def check_config(config: dict | None, n_classes: int | None = None) -> dict:
+    """The ``[ensemble]`` config checked whole, keys and values, before anything runs; returns a copy.
+
+    ``methods``: registered method names; ``members``: member ids, each once; ``temperature``:
+    a number > 0; ``threshold``: a number in (0, 1) or ``{member: t}``; ``weights``: ``{member: w}``
+    or ``{member: [w per class]}`` of finite numbers >= 0 with a positive sum; ``seed``: an
+    integer >= 0; ``greedy``, ``stacking``, ``subset_search``: tables of their combiner's options
+    (integers where the default is one, numbers where it is a float). Every method named in
+    ``methods`` or by an option table is then built once, so its own checks run too. With
+    ``n_classes``: ``threshold`` and ``majority_vote_mean`` need two classes, per-class weights
+    one per class. Pure and fast: no file is read. Raises :class:`ValueError` naming the key,
+    the value received and what is allowed.
+    """
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"[ensemble] must be a table of options, got {type(config).__name__} {config!r}")
     config = dict(config or {})
     for key in config:
         if key not in CONFIG_KEYS:
             raise ValueError(unknown_name("[ensemble] key", key, CONFIG_KEYS))
+    methods = config.get("methods")
+    if methods is not None:
+        if not _is_names(methods):
+            raise ValueError(f"[ensemble] methods = {methods!r}; expected a list of method names, "
+                             f"e.g. [\"mean\", \"greedy\"]")
+        for name in methods:
+            if name not in method_names():
+                raise ValueError("[ensemble] methods: " + unknown_name("ensemble method", name, method_names()))
+    members = config.get("members")
+    if members is not None and (not _is_names(members) or len(set(members)) != len(members)):
+        raise ValueError(f"[ensemble] members = {members!r}; expected a list of member ids, each once")
+    if "temperature" in config:
+        _check_number("[ensemble] temperature", config["temperature"], low=0, open_low=True)
+    if "threshold" in config:
+        _check_threshold("[ensemble] threshold", config["threshold"], members)
+    if "weights" in config:
+        _check_weights(config["weights"], members, n_classes)
+    if "seed" in config:
+        _check_number("[ensemble] seed", config["seed"], integer=True, low=0)
+    for name in OPTION_TABLES:
+        if name in config:
+            _check_option_table(name, config[name], members)
+    for name in dict.fromkeys([*(methods or []), *(t for t in OPTION_TABLES if t in config)]):
+        try:
+            make_method(name, **method_options(name, config))
+        except ValueError as e:
+            raise ValueError(f"[ensemble{'.' + name if name in OPTION_TABLES else ''}] {e}") from None
+    if n_classes is not None and n_classes != 2:
+        search = config.get("subset_search", {})
+        for what, used in (("threshold", "threshold" in config), ("subset_search threshold", "threshold" in search),
+                           ("method majority_vote_mean", "majority_vote_mean" in (methods or [])),
+                           ("subset_search aggregator majority_vote_mean",
+                            "majority_vote_mean" in (search.get("aggregators") or []))):
+            if used:
+                raise ValueError(f"[ensemble] {what} is for two-class tasks; the tables have {n_classes} classes")
     return config
+
+
+def _is_names(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value)
+
+
+def _check_number(where: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None,
+                  open_low: bool = False, open_high: bool = False) -> None:
+    """Raise ``"<where> = <value>; expected <what is allowed>"`` unless ``value`` is such a number."""
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or value > low or (not open_low and value == low))
+    ok = ok and (high is None or value < high or (not open_high and value == high))
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        if low is not None and high is not None:
+            what += f" in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        elif low is not None:
+            what += f" {'>' if open_low else '>='} {low}"
+        raise ValueError(f"{where} = {value!r}; expected {what}")
+
+
+def _check_per_member(where: str, table: dict, members) -> None:
+    """A ``{member: value}`` table's keys: strings, and exactly ``members`` when they are given."""
+    if not all(isinstance(k, str) for k in table):
+        raise ValueError(f"{where} = {table!r}; expected member ids as keys")
+    if members is not None and set(table) != set(members):
+        raise ValueError(f"{where} is given per member; missing members {[m for m in members if m not in table]}, "
+                         f"unknown members {[k for k in table if k not in members]} (members: {list(members)})")
+
+
+def _check_threshold(where: str, value, members) -> None:
+    if isinstance(value, dict):
+        _check_per_member(where, value, members)
+        for member, t in value.items():
+            _check_number(f"{where}.{member}", t, low=0, high=1, open_low=True, open_high=True)
+    else:
+        _check_number(where, value, low=0, high=1, open_low=True, open_high=True)
+
+
+def _check_weights(weights, members, n_classes: int | None) -> None:
+    """``{member: w}`` or ``{member: [w per class]}`` of numbers, range-checked by :func:`normalise_weights`."""
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"[ensemble] weights = {weights!r}; expected a table {{member = weight, ...}} or "
+                         f"{{member = [weight per class], ...}}")
+    _check_per_member("[ensemble] weights", weights, members)
+    for member, w in weights.items():
+        values = w if isinstance(w, list) else [w]
+        if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"[ensemble] weights.{member} = {w!r}; expected a number or a list of numbers "
+                             f"(one per class)")
+    lengths = {len(w) if isinstance(w, list) else None for w in weights.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"[ensemble] weights = {weights!r}; give every member one number, or every member a list "
+                         f"of the same length (one weight per class)")
+    c = lengths.pop()
+    if c is not None and n_classes is not None and c != n_classes:
+        raise ValueError(f"[ensemble] weights: got {c} weights per member, the tables have {n_classes} classes")
+    try:
+        normalise_weights(list(weights.values()), len(weights), c or 1)
+    except ValueError as e:
+        raise ValueError(f"[ensemble] weights = {weights!r}: {e}") from None
+
+
+def _check_option_table(name: str, table, members) -> None:
+    """``[ensemble.<name>]``: known keys; integers where the default is one, numbers where it is a float."""
+    where = f"[ensemble.{name}]"
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table of options, got {table!r}")
+    params = list(inspect.signature(COMBINERS[name].__init__).parameters.values())[1:]
+    defaults = {p.name: p.default for p in params}
+    for key, value in table.items():
+        if key not in defaults:
+            raise ValueError(unknown_name(f"{where} key", key, defaults, label="allowed"))
+        if key == "threshold":
+            _check_threshold(f"{where} threshold", value, members)
+        elif key == "aggregators" and not _is_names(value):
+            raise ValueError(f"{where} aggregators = {value!r}; expected a list of aggregator names, "
+                             f"e.g. [\"mean\", \"softmax_auc\"]")
+        elif isinstance(defaults[key], (int, float)):
+            integer = isinstance(defaults[key], int)
+            low, open_low = OPTION_LOWER_BOUNDS.get(key, (None, False))
+            _check_number(f"{where} {key}", value, integer=integer, low=low, open_low=open_low)
 
 
 def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = None, log=print) -> dict:
@@ -112,7 +251,9 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
     ``methods`` overrides ``config["methods"]``; default :func:`default_methods`. Returns
     ``{method: {"dir": str, "members": [ids], "val_auc": float | None, "test": bool}}``;
     ``val_auc`` is out-of-fold for the learned combiners (greedy, stacking, subset_search) and
-    in-sample for ``softmax_auc``.
+    in-sample for ``softmax_auc``. With fewer than two usable members nothing is built (the
+    config and methods are still checked), a note is logged and ``{}`` returned. A table whose
+    rows are scores rather than probabilities gets ``rows_sum_to_one: false`` in its sidecar.
     """
     run_dir = Path(run_dir)
     config = check_config(config)
@@ -122,6 +263,11 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
         align(test_tables)
     names = list(methods or config.get("methods") or default_methods(config, len(classes)))
     built = {name: make_method(name, **method_options(name, config)) for name in names}
+    check_config({**config, "methods": names, "members": [t.name for t in val_tables]}, len(classes))
+    if len(val_tables) < 2:
+        if log:
+            log(f"only one member ({val_tables[0].name}): ensembles need at least two; skipped")
+        return {}
     results = {}
     for name, method in tqdm(built.items(), desc="ensembles", unit="method", disable=None):
         method.fit(val_tables)
@@ -129,11 +275,11 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
         val_auc = auc(val.probs, val.labels) if val.has_labels else None
         val.meta.update(split="val", val_auc=val_auc)
         out = run_dir / "ensembles" / name
-        val.write(out / "val.csv")
+        _write(val, out / "val.csv")
         if test_tables:
             test = method.predict(test_tables)
             test.meta.update(split="test", val_auc=val_auc)
-            test.write(out / "test.csv")
+            _write(test, out / "test.csv")
         else:
             for stale in (out / "test.csv", sidecar_path(out / "test.csv")):
                 stale.unlink(missing_ok=True)
@@ -141,3 +287,10 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
         if log:
             log(f"{name:>20s}  val AUC {'-' if val_auc is None else f'{val_auc:.4f}'}  -> {out}")
     return results
+
+
+def _write(table: ProbabilityTable, path: Path) -> None:
+    """Write an ensemble's table, marking it ``rows_sum_to_one: false`` when its rows are scores."""
+    if not table.rows_sum_to_one().all():
+        table.meta["rows_sum_to_one"] = False
+    table.write(path)

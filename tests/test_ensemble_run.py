@@ -1,12 +1,13 @@
 import argparse
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 from medzoo.ensemble.aggregators import softmax_auc_weights
 from medzoo.ensemble.auc import auc
-from medzoo.ensemble.run import build_ensembles, load_member_tables
+from medzoo.ensemble.run import build_ensembles, check_config, load_member_tables
 from medzoo.ensemble.table import ProbabilityTable, TableError
 
 MEMBERS = ("alpha", "beta", "gamma")
@@ -134,6 +135,109 @@ def test_config_errors_are_clear(tmp_path):
         build_ensembles(run, methods=["weighted_mean"], config={"weights": {"alpha": 1, "beta": 2}}, log=None)
     with pytest.raises(FileNotFoundError, match="no member tables under"):
         build_ensembles(tmp_path / "nowhere", log=None)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"temprature": 100}, "unknown [ensemble] key 'temprature'; did you mean 'temperature'?"),
+    ({"methods": ["mean", "greddy"]}, "[ensemble] methods: unknown ensemble method 'greddy'; did you mean 'greedy'?"),
+    ({"methods": "mean"}, "[ensemble] methods = 'mean'; expected a list of method names"),
+    ({"members": ["alpha", "alpha"]},
+     "[ensemble] members = ['alpha', 'alpha']; expected a list of member ids, each once"),
+    ({"temperature": 0}, "[ensemble] temperature = 0; expected a finite number > 0"),
+    ({"temperature": "hot"}, "[ensemble] temperature = 'hot'; expected a finite number > 0"),
+    ({"threshold": 1.5}, "[ensemble] threshold = 1.5; expected a finite number in (0, 1)"),
+    ({"threshold": {"alpha": 0}}, "[ensemble] threshold.alpha = 0; expected a finite number in (0, 1)"),
+    ({"members": ["alpha", "beta"], "threshold": {"alpha": 0.4}},
+     "[ensemble] threshold is given per member; missing members ['beta'], unknown members []"),
+    ({"weights": [1, 2]}, "[ensemble] weights = [1, 2]; expected a table {member = weight, ...}"),
+    ({"weights": {"alpha": "heavy"}}, "[ensemble] weights.alpha = 'heavy'; expected a number or a list of numbers"),
+    ({"weights": {"alpha": -1, "beta": 1}},
+     "[ensemble] weights = {'alpha': -1, 'beta': 1}: weights must be finite and non-negative; got [-1.0, 1.0]"),
+    ({"weights": {"alpha": 0, "beta": 0}}, "weights sum to 0"),
+    ({"weights": {"alpha": [1, 2], "beta": 1}}, "give every member one number, or every member a list"),
+    ({"seed": 1.5}, "[ensemble] seed = 1.5; expected an integer >= 0"),
+    ({"seed": True}, "[ensemble] seed = True; expected an integer >= 0"),
+    ({"greedy": {"stpes": 3}}, "unknown [ensemble.greedy] key 'stpes'; did you mean 'steps'? allowed: bag_fraction, "
+                               "bags, folds, seed, steps"),
+    ({"greedy": 3}, "[ensemble.greedy] must be a table of options, got 3"),
+    ({"greedy": {"steps": 2.5}}, "[ensemble.greedy] steps = 2.5; expected an integer"),
+    ({"greedy": {"bag_fraction": 1.5}},
+     "[ensemble.greedy] greedy needs steps >= 1, bags >= 1 and 0 < bag_fraction <= 1; "
+     "got steps=50, bags=20, bag_fraction=1.5"),
+    ({"stacking": {"folds": 1}}, "[ensemble.stacking] folds = 1; expected an integer >= 2"),
+    ({"stacking": {"C": 0}}, "[ensemble.stacking] C = 0; expected a finite number > 0"),
+    ({"stacking": {"fold": 3}},
+     "unknown [ensemble.stacking] key 'fold'; did you mean 'folds'? allowed: C, folds, seed"),
+    ({"subset_search": {"aggregators": ["meen"]}},
+     "[ensemble.subset_search] unknown aggregator 'meen'; did you mean 'mean'?"),
+    ({"subset_search": {"aggregators": "mean"}}, "[ensemble.subset_search] aggregators = 'mean'; expected a list"),
+    ({"subset_search": {"aggregators": ["weighted_mean"]}}, "subset_search cannot use weighted_mean"),
+    ({"subset_search": {"top": -1}}, "[ensemble.subset_search] top = -1; expected an integer >= 0"),
+    ({"methods": ["weighted_mean"]}, "[ensemble] weighted_mean needs member weights"),
+    ("mean", "[ensemble] must be a table of options, got str 'mean'"),
+])
+def test_check_config_names_the_key_the_value_and_what_is_allowed(config, message):
+    with pytest.raises(ValueError) as e:
+        check_config(config)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"threshold": 0.3}, "[ensemble] threshold is for two-class tasks; the tables have 3 classes"),
+    ({"methods": ["majority_vote_mean"]}, "[ensemble] method majority_vote_mean is for two-class tasks"),
+    ({"subset_search": {"aggregators": ["mean", "majority_vote_mean"]}},
+     "[ensemble] subset_search aggregator majority_vote_mean is for two-class tasks"),
+    ({"weights": {"a": [1, 2], "b": [1, 1]}},
+     "[ensemble] weights: got 2 weights per member, the tables have 3 classes"),
+])
+def test_check_config_with_the_class_count(config, message):
+    check_config(config)
+    with pytest.raises(ValueError) as e:
+        check_config(config, n_classes=3)
+    assert message in str(e.value)
+
+
+def test_check_config_accepts_a_full_config_and_returns_a_copy():
+    config = {"methods": ["mean", "greedy", "subset_search"], "members": ["a", "b"], "temperature": 40,
+              "threshold": {"a": 0.4, "b": 0.6}, "weights": {"a": [1, 0.5], "b": [0, 2]}, "seed": 3,
+              "greedy": {"steps": 5, "bags": 1, "bag_fraction": 1}, "stacking": {"folds": 3, "C": 0.5},
+              "subset_search": {"aggregators": ["mean", "median"], "top": 3}}
+    checked = check_config(config, n_classes=2)
+    assert checked == config and checked is not config
+    assert check_config(None) == {}
+
+
+def test_a_config_value_error_stops_the_run_before_anything_is_written(tmp_path):
+    run = write_run(tmp_path)
+    with pytest.raises(ValueError, match=r"\[ensemble\.greedy\] steps = 0\.5; expected an integer"):
+        build_ensembles(run, methods=["mean", "greedy"], config={"greedy": {"steps": 0.5}}, log=None)
+    with pytest.raises(ValueError, match="weights is given per member; missing members \\['gamma'\\]"):
+        build_ensembles(run, methods=["mean"], config={"weights": {"alpha": 1, "beta": 2}}, log=None)
+    assert not (run / "ensembles").exists()
+
+
+def test_one_member_builds_no_ensemble(tmp_path):
+    run = write_run(tmp_path, members=("resnet18",))
+    logged = []
+    assert build_ensembles(run, log=logged.append) == {}
+    assert logged == ["only one member (resnet18): ensembles need at least two; skipped"]
+    assert not (run / "ensembles").exists()
+    with pytest.raises(ValueError, match="unknown ensemble method 'meen'"):
+        build_ensembles(run, methods=["meen"], log=None)
+
+
+def test_score_tables_are_marked_so_reading_them_does_not_warn(tmp_path):
+    probs = {"m1": [0.6, 0.3, 0.1], "m2": [0.2, 0.2, 0.6], "m3": [0.1, 0.5, 0.4]}
+    for m, row in probs.items():
+        ProbabilityTable(["v0", "v1", "v2"], ["a", "b", "c"], [row, row, row], [0, 1, 2], {"member": m}
+                         ).write(tmp_path / "predictions" / m / "val.csv")
+    build_ensembles(tmp_path, methods=["mean", "median"], log=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        median = ProbabilityTable.read(tmp_path / "ensembles" / "median" / "val.csv")
+        mean = ProbabilityTable.read(tmp_path / "ensembles" / "mean" / "val.csv")
+    assert median.probs[0] == pytest.approx([0.2, 0.3, 0.4]) and median.meta["rows_sum_to_one"] is False
+    assert mean.probs[0] == pytest.approx([0.3, 1 / 3, 11 / 30]) and "rows_sum_to_one" not in mean.meta
 
 
 def test_ensemble_command(tmp_path, capsys):
