@@ -48,14 +48,18 @@ def register(sub) -> None:
     """Add ``submit`` and ``score`` to the ``medzoo`` subcommands."""
     p = sub.add_parser(
         "submit", help="write a challenge submission CSV from a run's best entry",
-        description="Write RUN_DIR/submissions/<format>-<entry>.csv from the test table of the leaderboard's "
-                    "best validation entry (or --entry). Checked before writing: every test image once, "
-                    "probabilities finite and in [0, 1], the format's columns in order; a failed check writes nothing.",
+        description="Write RUN_DIR/submissions/<format>-<entry>.csv (medmnist: <flag>_test_<entry>@<run>.csv, the "
+                    "name MedMNIST's evaluator reads) from the test table of the leaderboard's best validation entry "
+                    "(or --entry). Checked before writing: every test image once, probabilities finite and in "
+                    "[0, 1], the format's columns in order; a failed check writes nothing.",
         epilog=_formats_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (results/<run>)")
-    p.add_argument("--format", help="submission format (default: config [submission] format, then the dataset card's)")
-    p.add_argument("--entry", help="member id or ensemble name (default: the leaderboard's top val_auc entry)")
-    p.add_argument("--out", help="output CSV (default: RUN_DIR/submissions/<format>-<entry>.csv)")
+    p.add_argument("--format", help="submission format (default: config [submission] format, then the dataset "
+                                    "card's, else generic)")
+    p.add_argument("--entry", help="member id or ensemble name (default: config [submission] entry, then the "
+                                   "leaderboard's top val_auc entry)")
+    p.add_argument("--out", help="output CSV (default: RUN_DIR/submissions/<format>-<entry>.csv; medmnist: "
+                                 "<flag>_test_<entry>@<run>.csv)")
     p.add_argument("--no-header", action="store_true", help="isic2017: header-less variant the 2017 scorer read")
     p.add_argument("--unk", choices=("zero", "uncertainty"), help="isic2019: UNK column = 0 or 1 - max probability")
     p.add_argument("--positive", action="append", metavar="CLASS",

@@ -22,6 +22,7 @@ Test columns stay empty where the test table is missing or unlabelled (a challen
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,16 +332,55 @@ def to_terminal(frame: pd.DataFrame) -> str:
     return display_frame(frame).to_string(index=False)
 
 
+def check_options(config: dict | None) -> dict:
+    """The ``[leaderboard]`` section checked, keys and values; returns a copy. Pure: reads no file.
+
+    ``threshold``: a rule :func:`benchmarks.metrics.parse_threshold_rule` accepts (``"youden"``,
+    ``"sens:0.95"``, or a target sensitivity in (0, 1]); ``sensitivity``: a number in (0, 1],
+    short for ``threshold = "sens:<it>"``, so not both; ``bootstrap``: an integer >= 0
+    (replicates for the CIs, 0 for none); ``seed``: an integer >= 0.
+    """
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"[leaderboard] must be a table of options, got {type(config).__name__} {config!r}")
+    config = dict(config or {})
+    for key in config:
+        if key not in CONFIG_KEYS:
+            raise ValueError(unknown_name("[leaderboard] key", key, CONFIG_KEYS))
+    if "threshold" in config and "sensitivity" in config:
+        raise ValueError(f"[leaderboard] gives threshold = {config['threshold']!r} and sensitivity = "
+                         f"{config['sensitivity']!r}; sensitivity = t is short for threshold = \"sens:t\": give one")
+    if "threshold" in config:
+        try:
+            metrics.parse_threshold_rule(config["threshold"])
+        except ValueError as e:
+            raise ValueError(f"[leaderboard] threshold: {e}") from None
+    if "sensitivity" in config:
+        value = config["sensitivity"]
+        if not _is_number(value) or not 0 < value <= 1:
+            raise ValueError(f"[leaderboard] sensitivity = {value!r}; expected a number in (0, 1], the target "
+                             f"sensitivity of the operating threshold")
+    for key in ("bootstrap", "seed"):
+        value = config.get(key)
+        if key in config and not (_is_number(value) and isinstance(value, numbers.Integral) and value >= 0):
+            raise ValueError(f"[leaderboard] {key} = {value!r}; expected an integer >= 0")
+    return config
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def config_options(run_dir: str | Path, **overrides) -> dict:
     """Keyword arguments for :func:`write_leaderboard` from the run config's ``[leaderboard]`` section.
 
-    ``overrides`` (command-line flags; ``None`` = not given) win over the section; a ``threshold``
-    given here replaces the section's ``sensitivity``. Keys left out take :func:`collect`'s defaults.
+    The section is checked by :func:`check_options`. ``overrides`` (command-line flags; ``None``
+    = not given) win over the section; a ``threshold`` given here replaces the section's
+    ``sensitivity``. Keys left out take :func:`collect`'s defaults.
     """
-    options = dict(read_run_config(run_dir).get("leaderboard") or {})
-    for key in options:
-        if key not in CONFIG_KEYS:
-            raise ValueError(f"{Path(run_dir) / 'config.json'}: " + unknown_name("[leaderboard] key", key, CONFIG_KEYS))
+    try:
+        options = check_options(read_run_config(run_dir).get("leaderboard"))
+    except ValueError as e:
+        raise ValueError(f"{Path(run_dir) / 'config.json'}: {e}") from None
     given = {k: v for k, v in overrides.items() if v is not None}
     if "threshold" in given:
         options.pop("sensitivity", None)

@@ -31,7 +31,12 @@ Formats (``FORMATS``):
     ``"12"`` -> 12). Indices must be exactly 0..N-1. Scores are in the table's class order,
     which for MedMNIST cards is the label order; option ``classes=[...]`` (the label order)
     reorders the columns by name.
-``generic``  ``image_id,<class_1>,...`` with every table class, in table order.
+``generic``  ``image_id,<class_1>,...`` with every table class, in table order. The default
+    when neither the run config's ``[submission]`` nor the dataset card names a format.
+
+:func:`submit_run` names a file ``<format>-<entry>.csv``, except ``medmnist``, which is named
+as MedMNIST's ``Evaluator.parse_and_evaluate`` reads it: ``{flag}{size_flag}_{split}_<entry>@{run}.csv``
+(flag and size from the dataset's ``.npz`` name, ``size_flag`` empty for 28 px, ``_64`` for 64 px).
 
 Binary formats take the positive column from a class with a matching name; option
 ``positive="class"`` (or a list of classes, whose probabilities are summed) overrides it.
@@ -41,6 +46,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import string
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +61,10 @@ from medzoo.ensemble.table import ProbabilityTable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".npy")
 COMMON_OPTIONS = {"header": None}
+SECTION_KEYS = ("format", "entry")
+DEFAULT_FORMAT = "generic"
+DEFAULT_FILE_NAME = "{format}-{entry}.csv"
+UNK_CHOICES = ("zero", "uncertainty")
 
 
 class SubmissionError(ValueError):
@@ -76,6 +86,8 @@ class SubmissionFormat:
         options: format-specific options and their defaults.
         build: ``build(fmt, table, **options) -> (ids [N], value columns [K], values [N, K])``.
         doc: one line for ``--help``.
+        file_name: :func:`submit_run`'s file name, a ``str.format`` template over ``format``,
+            ``entry``, ``run``, ``split`` and (where the dataset is known) ``flag``, ``size_flag``.
     """
 
     name: str
@@ -88,6 +100,7 @@ class SubmissionFormat:
     options: dict
     build: Callable
     doc: str
+    file_name: str = DEFAULT_FILE_NAME
 
     def expected_header(self, n_values: int | None = None) -> list[str]:
         """The full header: id column then value columns (``score_k`` when unnamed)."""
@@ -100,14 +113,15 @@ FORMATS: dict[str, SubmissionFormat] = {}
 
 def register_format(name: str, *, id_column: str, columns: Sequence[str] | None, header: bool = True,
                     header_optional: bool = False, bare_ids: bool = False,
-                    aliases: dict[str, Sequence[str]] | None = None, options: dict | None = None, doc: str = ""):
+                    aliases: dict[str, Sequence[str]] | None = None, options: dict | None = None, doc: str = "",
+                    file_name: str = DEFAULT_FILE_NAME):
     """Decorator registering a builder as format ``name``; a duplicate name is an error."""
     def deco(build):
         if name in FORMATS:
             raise ValueError(f"submission format {name!r} is already registered")
         FORMATS[name] = SubmissionFormat(
             name, id_column, tuple(columns) if columns is not None else None, header, header_optional,
-            bare_ids, {k: tuple(v) for k, v in (aliases or {}).items()}, dict(options or {}), build, doc)
+            bare_ids, {k: tuple(v) for k, v in (aliases or {}).items()}, dict(options or {}), build, doc, file_name)
         return build
     return deco
 
@@ -164,12 +178,99 @@ def medmnist_index(image_id) -> int:
     return int(m.group(1))
 
 
+def _is_names(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def _check_header(fmt: SubmissionFormat | None, value) -> None:
+    if not isinstance(value, bool):
+        raise SubmissionError(f"header = {value!r}; expected true or false")
+    if fmt is not None and value != fmt.header and not fmt.header_optional:
+        raise SubmissionError(f"{fmt.name}: header={value!r} is not allowed; this format is always "
+                              f"{'with' if fmt.header else 'without'} a header row")
+
+
+def _check_unk(fmt: SubmissionFormat | None, value) -> None:
+    if value not in UNK_CHOICES:
+        raise SubmissionError(f"isic2019: unk={value!r}; allowed 'zero' or 'uncertainty' (1 - max probability)")
+
+
+def _check_class_map_value(fmt: SubmissionFormat | None, value) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SubmissionError(f"class_map = {value!r}; expected a table {{table class = column}} of names")
+
+
+def _check_positive(fmt: SubmissionFormat | None, value) -> None:
+    if not isinstance(value, str) and not _is_names(value):
+        raise SubmissionError(f"positive = {value!r}; expected a class name or a list of class names")
+
+
+def _check_classes(fmt: SubmissionFormat | None, value) -> None:
+    if not _is_names(value):
+        raise SubmissionError(f"classes = {value!r}; expected the list of class names in label order")
+
+
+def _check_image_paths(fmt: SubmissionFormat | None, value) -> None:
+    if not isinstance(value, (str, Path)) and not _is_names(value):
+        raise SubmissionError(f"image_paths = {value!r}; expected a file of image paths or a list of paths")
+
+
+OPTION_CHECKS: dict[str, Callable] = {"header": _check_header, "unk": _check_unk, "class_map": _check_class_map_value,
+                                      "positive": _check_positive, "classes": _check_classes,
+                                      "image_paths": _check_image_paths}
+
+
 def _check_options(fmt: SubmissionFormat, options: dict) -> dict:
+    """``options`` for ``fmt`` with defaults filled in; unknown names and bad values raise (``None`` = default)."""
     allowed = {**COMMON_OPTIONS, **fmt.options}
     for key in options:
         if key not in allowed:
             raise SubmissionError(f"format {fmt.name!r}: " + unknown_name("option", key, allowed, label="allowed"))
-    return {**allowed, **{k: v for k, v in options.items() if v is not None}}
+    given = {k: v for k, v in options.items() if v is not None}
+    for key, value in given.items():
+        if key in OPTION_CHECKS:
+            OPTION_CHECKS[key](fmt, value)
+    return {**allowed, **given}
+
+
+def check_options(config: dict | None) -> dict:
+    """The ``[submission]`` section checked, keys and values; returns a copy. Pure: reads no file.
+
+    ``format``: a registered format; ``entry``: the member or ensemble to submit (default: the
+    leaderboard's best); then the format's own options (:attr:`SubmissionFormat.options` and
+    ``header``). Without ``format`` (the dataset card may name it) an option of any format is
+    accepted and checked as far as it can be without the format. Unknown keys get the closest
+    allowed one. Raises :class:`SubmissionError` naming the value received and what is allowed.
+    """
+    if config is not None and not isinstance(config, dict):
+        raise SubmissionError(f"[submission] must be a table of options, got {type(config).__name__} {config!r}")
+    config = dict(config or {})
+    fmt = None
+    if "format" in config:
+        if not isinstance(config["format"], str):
+            raise SubmissionError(f"[submission] format = {config['format']!r}; expected one of: "
+                                  f"{', '.join(sorted(FORMATS))}")
+        try:
+            fmt = get_format(config["format"])
+        except SubmissionError as e:
+            raise SubmissionError(f"[submission] format: {e}") from None
+        allowed = [*SECTION_KEYS, *COMMON_OPTIONS, *fmt.options]
+        label = f"allowed with format {fmt.name!r}"
+    else:
+        allowed = [*SECTION_KEYS, *COMMON_OPTIONS, *{k: None for f in FORMATS.values() for k in f.options}]
+        label = "allowed"
+    for key in config:
+        if key not in allowed:
+            raise SubmissionError("[submission] " + unknown_name("key", key, allowed, label=label))
+    if "entry" in config and not (isinstance(config["entry"], str) and config["entry"]):
+        raise SubmissionError(f"[submission] entry = {config['entry']!r}; expected a member id or ensemble name")
+    for key, value in config.items():
+        if key in OPTION_CHECKS:
+            try:
+                OPTION_CHECKS[key](fmt, value)
+            except SubmissionError as e:
+                raise SubmissionError(f"[submission] {e}") from None
+    return config
 
 
 def _check_class_map(table: ProbabilityTable, class_map: dict | None) -> dict:
@@ -238,8 +339,6 @@ ISIC2019_ALIASES = {
                  aliases=ISIC2019_ALIASES, options={"unk": "zero", "class_map": None},
                  doc="ISIC 2019: image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK (UNK zero or 1 - max prob)")
 def _build_isic2019(fmt, table, *, class_map=None, unk="zero"):
-    if unk not in ("zero", "uncertainty"):
-        raise SubmissionError(f"isic2019: unk={unk!r}; allowed 'zero' or 'uncertainty' (1 - max probability)")
     values = np.zeros((len(table.ids), len(fmt.columns)))
     for j, col in enumerate(fmt.columns):
         k = _class_index(fmt, table, col, class_map, required=col != "UNK")
@@ -285,7 +384,8 @@ def _build_object_cxr(fmt, table, *, class_map=None, positive=None, image_paths=
 
 
 @register_format("medmnist", id_column="index", columns=None, header=False, options={"classes": None},
-                 doc="MedMNIST evaluator: header-less index,score_0,...,score_{C-1}")
+                 doc="MedMNIST evaluator: header-less index,score_0,...,score_{C-1}",
+                 file_name="{flag}{size_flag}_{split}_{entry}@{run}.csv")
 def _build_medmnist(fmt, table, *, classes=None):
     cols = list(range(len(table.classes)))
     if classes is not None:
@@ -318,9 +418,6 @@ def build_submission(table: ProbabilityTable, format: str, expected_ids: Sequenc
     header = opts.pop("header")
     if header is None:
         header = fmt.header
-    elif bool(header) != fmt.header and not fmt.header_optional:
-        raise SubmissionError(f"{fmt.name}: header={header!r} is not allowed; this format is always "
-                              f"{'with' if fmt.header else 'without'} a header row")
     ids, value_cols, values = fmt.build(fmt, table, **opts)
     full = [fmt.id_column, *value_cols]
     sub = Submission(fmt.name, full, ids, np.asarray(values, dtype=np.float64).reshape(len(ids), -1), bool(header))
@@ -488,13 +585,51 @@ def entry_table_path(run_dir: str | Path, entry: str, kind: str | None = None, s
 
 
 def run_submission_options(run_dir: str | Path) -> dict:
-    """The ``[submission]`` section of the run's ``config.json`` (``format`` and format options)."""
-    return dict(read_run_config(run_dir).get("submission") or {})
+    """The ``[submission]`` section of the run's ``config.json`` (``format``, ``entry`` and format options), checked."""
+    try:
+        return check_options(read_run_config(run_dir).get("submission"))
+    except SubmissionError as e:
+        raise SubmissionError(f"{Path(run_dir) / 'config.json'}: {e}") from None
+
+
+def medmnist_flag(data_file: str | Path) -> tuple[str, str]:
+    """``(flag, size_flag)`` from a MedMNIST ``.npz`` name, as MedMNIST's ``Evaluator`` spells them.
+
+    ``pneumoniamnist.npz`` -> ``("pneumoniamnist", "")``; ``pneumoniamnist_64.npz`` ->
+    ``("pneumoniamnist", "_64")``. The 28 px files carry no size, and ``_28`` is written as none.
+    """
+    m = re.fullmatch(r"(?P<flag>[^_]+?)(?:_(?P<size>\d+))?", Path(data_file).name.removesuffix(".npz"))
+    if not m:
+        raise SubmissionError(f"medmnist: cannot read a MedMNIST flag from {Path(data_file).name!r}; expected "
+                              f"<flag>.npz or <flag>_<size>.npz, e.g. pneumoniamnist.npz")
+    size = m.group("size")
+    return m.group("flag"), "" if size in (None, "28") else f"_{size}"
+
+
+def submission_file_name(fmt: SubmissionFormat | str, entry: str, run: str, dataset: str | None = None,
+                         data_file: str | Path | None = None, split: str = "test") -> str:
+    """The file name :func:`submit_run` writes: the format's :attr:`SubmissionFormat.file_name` filled in.
+
+    ``run`` is spelled with letters, digits, ``-`` and ``_`` only (MedMNIST reads it between
+    ``@`` and the first dot). ``flag`` and ``size_flag`` come from ``data_file`` (the dataset's
+    ``.npz``), else ``dataset`` with no size.
+    """
+    fmt = get_format(fmt)
+    fields = {"format": fmt.name, "entry": entry, "run": re.sub(r"[^A-Za-z0-9_-]+", "-", run), "split": split}
+    if {"flag", "size_flag"} & {name for _, name, _, _ in string.Formatter().parse(fmt.file_name)}:
+        if data_file is None and dataset is None:
+            raise SubmissionError(f"{fmt.name}: the file name {fmt.file_name} starts with the dataset's flag, and "
+                                  f"the run names no dataset; give the output path (--out)")
+        fields["flag"], fields["size_flag"] = medmnist_flag(data_file) if data_file is not None else (dataset, "")
+    return fmt.file_name.format_map(fields)
 
 
 @dataclass
 class SubmitResult:
-    """What :func:`submit_run` wrote: the file, from which entry and table, and what it was checked against."""
+    """What :func:`submit_run` wrote: the file, from which entry and table, and what it was checked against.
+
+    ``checked`` also says where the format came from when none was named (``generic`` then).
+    """
 
     path: Path
     format: str
@@ -508,21 +643,27 @@ class SubmitResult:
 def submit_run(run_dir: str | Path, format: str | None = None, *, entry: str | None = None,
                out: str | Path | None = None, expected_ids: Sequence[str] | None = None,
                **options) -> SubmitResult:
-    """Write ``RUN_DIR/submissions/<format>-<entry>.csv`` from an entry's test table.
+    """Write ``RUN_DIR/submissions/<file name>`` (see :func:`submission_file_name`) from an entry's test table.
 
-    ``entry`` defaults to the leaderboard's best validation entry; ``format`` and options
-    default to the run config's ``[submission]`` section (its options apply only to its own
-    format), then to the dataset card's format; ``options`` given here win.
-    ``expected_ids`` default to the dataset's test split when it can be opened; otherwise the
-    table's own ids are used and ``checked`` says so.
+    ``entry`` defaults to the run config's ``[submission] entry``, then the leaderboard's best
+    validation entry; ``format`` and options default to the run config's ``[submission]``
+    section (its options apply only to its own format), then to the dataset card's format, then
+    to ``generic`` (``checked`` says so); ``options`` given here win. ``expected_ids`` default
+    to the dataset's test split when it can be opened; otherwise the table's own ids are used
+    and ``checked`` says so.
     """
     run_dir = Path(run_dir)
     config = run_submission_options(run_dir)
     config_format = config.pop("format", None)
-    fmt = format or config_format or _card_format(run_dir)
+    config_entry = config.pop("entry", None)
+    entry = entry or config_entry
+    card, card_note = _card(run_dir)
+    fmt = format or config_format or (card.submission if card is not None else None)
+    note = ""
     if fmt is None:
-        raise SubmissionError(f"no submission format given and none in {run_dir}/config.json or the dataset card; "
-                              f"pass --format, one of: {', '.join(sorted(FORMATS))}")
+        fmt = DEFAULT_FORMAT
+        note = (f"format {DEFAULT_FORMAT} (none given; {run_dir / 'config.json'} [submission] names none, and "
+                f"{'the dataset card names none' if card is not None else card_note}); ")
     fmt = get_format(fmt).name
     if config_format not in (None, fmt):
         config = {}
@@ -535,18 +676,31 @@ def submit_run(run_dir: str | Path, format: str | None = None, *, entry: str | N
     checked = "the expected ids given"
     if expected_ids is None:
         expected_ids, checked = _dataset_test_ids(run_dir)
-    path = Path(out) if out else run_dir / "submissions" / f"{fmt}-{entry}.csv"
+    if out:
+        path = Path(out)
+    else:
+        run_config = read_run_config(run_dir)
+        dataset = card.name if card is not None else run_config.get("dataset") or table.meta.get("dataset")
+        data_file = str(card.raw.get("file") or "") if card is not None else ""
+        path = run_dir / "submissions" / submission_file_name(
+            fmt, entry, str(run_config.get("run") or run_dir.name),
+            None if dataset is None else Path(str(dataset)).stem,
+            data_file if data_file.endswith(".npz") else None)
     write_submission(table, fmt, path, expected_ids, **options)
     kind = "ensemble" if source.parent.parent.name == "ensembles" else "member"
-    return SubmitResult(path, fmt, entry, kind, source, len(table.ids), checked)
+    return SubmitResult(path, fmt, entry, kind, source, len(table.ids), note + checked)
 
 
-def _card_format(run_dir: Path) -> str | None:
+def _card(run_dir: Path) -> tuple[object | None, str | None]:
+    """``(dataset card, None)`` of the run's dataset, or ``(None, why there is none)``."""
     dataset = read_run_config(run_dir).get("dataset")
     if dataset is None:
-        return None
-    from medzoo.zoo.datasets import load_card
-    return load_card(dataset).submission
+        return None, f"{run_dir / 'config.json'} names no dataset"
+    try:
+        from medzoo.zoo.datasets import load_card
+        return load_card(dataset), None
+    except (ImportError, FileNotFoundError, ValueError, KeyError) as e:
+        return None, f"the dataset card could not be loaded ({type(e).__name__}: {e})"
 
 
 def _dataset_test_ids(run_dir: Path) -> tuple[list[str] | None, str]:

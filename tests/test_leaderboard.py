@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medzoo.benchmarks import cli_leaderboard
-from medzoo.benchmarks.leaderboard import build_leaderboard, config_options, write_leaderboard
+from medzoo.benchmarks.leaderboard import build_leaderboard, check_options, config_options, write_leaderboard
 from medzoo.ensemble.table import ProbabilityTable
 
 # Binary run: the 4-by-4 example of test_metrics (4 positives, then 4 negatives) on val and on test.
@@ -192,3 +192,37 @@ def test_in_sample_validation_scores_are_marked(tmp_path):
     md = (run / "leaderboard.md").read_text()
     assert "| softmax_auc | ensemble | 0.7188* |" in md and "| greedy | ensemble | 0.7188 |" in md
     assert "val AUC*: in-sample" in md
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"bootstrp": 5}, "unknown [leaderboard] key 'bootstrp'; did you mean 'bootstrap'?"),
+    ({"treshold": "youden"}, "unknown [leaderboard] key 'treshold'; did you mean 'threshold'?"),
+    ({"threshold": "yuden"}, "[leaderboard] threshold: unknown threshold rule 'yuden'; allowed: youden, sens:<target>"),
+    ({"threshold": "sens:1.5"}, "[leaderboard] threshold: threshold rule 'sens:1.5': target sensitivity must be in "
+                                "(0, 1], got 1.5"),
+    ({"threshold": "sens:high"}, "target sensitivity 'high' is not a number"),
+    ({"sensitivity": 0}, "[leaderboard] sensitivity = 0; expected a number in (0, 1]"),
+    ({"sensitivity": "0.9"}, "[leaderboard] sensitivity = '0.9'; expected a number in (0, 1]"),
+    ({"threshold": "youden", "sensitivity": 0.9}, "[leaderboard] gives threshold = 'youden' and sensitivity = 0.9; "
+                                                  "sensitivity = t is short for threshold = \"sens:t\": give one"),
+    ({"bootstrap": -1}, "[leaderboard] bootstrap = -1; expected an integer >= 0"),
+    ({"bootstrap": 2.5}, "[leaderboard] bootstrap = 2.5; expected an integer >= 0"),
+    ({"seed": True}, "[leaderboard] seed = True; expected an integer >= 0"),
+    (["youden"], "[leaderboard] must be a table of options, got list ['youden']"),
+])
+def test_check_options_names_the_value_and_what_is_allowed(section, message):
+    with pytest.raises(ValueError) as e:
+        check_options(section)
+    assert message in str(e.value)
+
+
+def test_check_options_accepts_what_the_leaderboard_accepts(tmp_path):
+    for section in ({"threshold": "youden", "bootstrap": 0, "seed": 7}, {"threshold": "sens:0.95"},
+                    {"threshold": 0.9}, {"sensitivity": 1.0, "bootstrap": 20}, {}):
+        assert check_options(section) == section
+    assert check_options(None) == {}
+    run = binary_run(tmp_path)
+    (run / "config.json").write_text(json.dumps({"leaderboard": {"bootstrap": "many"}}))
+    with pytest.raises(ValueError, match=f"^{run / 'config.json'}: \\[leaderboard\\] bootstrap = 'many'; "
+                                         f"expected an integer >= 0$"):
+        config_options(run)

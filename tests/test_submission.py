@@ -1,14 +1,35 @@
 import argparse
 import json
+import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from medzoo.benchmarks import cli_submit
-from medzoo.benchmarks.submission import (FORMATS, Submission, SubmissionError, build_submission, medmnist_index,
-                                   read_submission, register_format, submit_run, top_entry, validate_submission,
-                                   write_submission)
+from medzoo.benchmarks.leaderboard import write_leaderboard
+from medzoo.benchmarks.submission import (FORMATS, Submission, SubmissionError, build_submission, check_options,
+                                          medmnist_flag, medmnist_index, read_submission, register_format,
+                                          submission_file_name, submit_run, top_entry, validate_submission,
+                                          write_submission)
+from medzoo.ensemble.run import build_ensembles
 from medzoo.ensemble.table import ProbabilityTable
+
+# MedMNIST 3.0.2, medmnist/evaluator.py, Evaluator.parse_and_evaluate: the file name is
+# "{flag}{size_flag}_{split}|*|.csv" split on "_" (flag, then size or split) and the run is
+# filename.split("@")[-1].split(".")[0]; the standard name is
+# "{flag}{size_flag}_{split}_[AUC]{auc:.3f}_[ACC]{acc:.3f}@{run}.csv".
+MEDMNIST_NAME = re.compile(r"(?P<flag>[^_]+)(?:_(?P<size>\d+))?_(?P<split>train|val|test)[^@]*@(?P<run>[^.@]+)\.csv")
+
+
+def medmnist_parse(filename: str) -> tuple[str, str | None, str, str]:
+    """``(flag, size, split, run)`` read the way MedMNIST's ``parse_and_evaluate`` reads them."""
+    flag, split_, *_ = filename.split("_")
+    size = None
+    if not split_.startswith(("train", "val", "test")):
+        flag, size, split_, *_ = filename.split("_")
+    split = next(s for s in ("train", "val", "test") if split_.startswith(s))
+    return flag, size, split, filename.split("@")[-1].split(".")[0]
 
 ISIC_IDS = ["ISIC_0000001", "ISIC_0000002.jpg", "ISIC_0000003", "ISIC_0000004"]
 ISIC_PROBS = [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.25, 0.25, 0.5], [0.05, 0.9, 0.05]]
@@ -277,6 +298,129 @@ def test_submit_command_unknown_entry_suggests(tmp_path):
         run_cli(["submit", str(make_run(tmp_path)), "--format", "isic2017", "--entry", "resnet19"])
 
 
-def test_submit_without_any_format_says_so(tmp_path):
-    with pytest.raises(SubmissionError, match="no submission format given"):
-        submit_run(make_run(tmp_path))
+def test_submit_without_any_format_writes_generic_and_says_so(tmp_path):
+    run = make_run(tmp_path)
+    result = submit_run(run)
+    assert result.path == run / "submissions" / "generic-mean.csv" and result.format == "generic"
+    assert result.checked.startswith(f"format generic (none given; {run / 'config.json'} [submission] names none, "
+                                     f"and {run / 'config.json'} names no dataset); not checked")
+    assert result.path.read_text().splitlines()[:2] == ["image_id,seborrheic_keratosis,nevus,melanoma",
+                                                        "ISIC_0000001,0.1,0.2,0.7"]
+    assert submit_run(run, format="isic2017").path == run / "submissions" / "isic2017-mean.csv"
+
+
+def test_submit_takes_the_entry_from_the_config(tmp_path):
+    run = make_run(tmp_path, {"submission": {"format": "isic2020", "entry": "resnet18", "positive": "melanoma"}})
+    result = submit_run(run)
+    assert (result.entry, result.kind, result.path.name) == ("resnet18", "member", "isic2020-resnet18.csv")
+    assert result.path.read_text().splitlines()[1] == "ISIC_0000001,0.7"
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"formatt": "isic2017"}, "[submission] unknown key 'formatt'; did you mean 'format'? allowed: class_map, "
+                              "classes, entry, format, header, image_paths, positive, unk"),
+    ({"format": "isic217"}, "[submission] format: unknown submission format 'isic217'; did you mean 'isic2017'?"),
+    ({"format": 2017}, "[submission] format = 2017; expected one of: generic, isic2017, isic2019"),
+    ({"format": "medmnist", "class_map": {"a": "b"}},
+     "[submission] unknown key 'class_map'; did you mean 'classes'? allowed with format 'medmnist': classes, entry, "
+     "format, header"),
+    ({"format": "isic2019", "unkk": "zero"}, "unknown key 'unkk'; did you mean 'unk'? allowed with format 'isic2019': "
+                                             "class_map, entry, format, header, unk"),
+    ({"format": "isic2019", "unk": "max"}, "[submission] isic2019: unk='max'; allowed 'zero' or 'uncertainty'"),
+    ({"header": "no"}, "[submission] header = 'no'; expected true or false"),
+    ({"format": "medmnist", "header": True}, "[submission] medmnist: header=True is not allowed; this format is "
+                                             "always without a header row"),
+    ({"format": "isic2020", "positive": 1},
+     "[submission] positive = 1; expected a class name or a list of class names"),
+    ({"class_map": ["mel"]}, "[submission] class_map = ['mel']; expected a table {table class = column} of names"),
+    ({"format": "medmnist", "classes": "normal"}, "[submission] classes = 'normal'; expected the list of class names"),
+    ({"entry": ""}, "[submission] entry = ''; expected a member id or ensemble name"),
+    ("isic2017", "[submission] must be a table of options, got str 'isic2017'"),
+])
+def test_check_options_names_the_value_and_what_is_allowed(section, message):
+    with pytest.raises(SubmissionError) as e:
+        check_options(section)
+    assert message in str(e.value)
+
+
+def test_check_options_accepts_each_formats_options():
+    for section in ({"format": "isic2017", "header": False, "class_map": {"mel": "melanoma"}},
+                    {"format": "isic2019", "unk": "uncertainty"}, {"format": "object-cxr", "image_paths": "list.txt"},
+                    {"format": "medmnist", "classes": ["normal", "pneumonia"], "entry": "greedy"},
+                    {"header": False}, {}):
+        assert check_options(section) == section
+    assert check_options(None) == {}
+
+
+def test_submit_run_checks_the_config_section_first(tmp_path):
+    run = make_run(tmp_path, {"submission": {"formatt": "isic2017"}})
+    with pytest.raises(SubmissionError, match=f"^{run / 'config.json'}: \\[submission\\] unknown key 'formatt'; "
+                                              f"did you mean 'format'\\?"):
+        submit_run(run)
+    assert not (run / "submissions").exists()
+
+
+def medmnist_run(tmp_path, card_file=None, run_name="quick.v1"):
+    """A run over the shipped pneumoniamnist card (or a card whose data file is ``card_file``), with one member."""
+    run = tmp_path / "run"
+    dataset = "pneumoniamnist"
+    if card_file is not None:
+        dataset = str(tmp_path / "card.toml")
+        (tmp_path / "card.toml").write_text(f'name = "pneumoniamnist"\nformat = "npz"\nfile = "{card_file}"\n'
+                                            f'classes = ["normal", "pneumonia"]\nsubmission = "medmnist"\n')
+    p = [0.2, 0.9, 0.6, 0.4]
+    ProbabilityTable([f"test_{i:05d}" for i in (3, 2, 1, 0)], ["normal", "pneumonia"],
+                     [[1 - x, x] for x in p[::-1]]).write(run / "predictions" / "resnet18" / "test.csv")
+    (run / "config.json").write_text(json.dumps({"run": run_name, "dataset": dataset}))
+    return run
+
+
+def test_medmnist_submission_is_named_as_medmnist_parses_it(tmp_path):
+    run = medmnist_run(tmp_path)
+    result = submit_run(run, entry="resnet18", expected_ids=[f"test_{i:05d}" for i in range(4)])
+    assert result.path == run / "submissions" / "pneumoniamnist_test_resnet18@quick-v1.csv"
+    m = MEDMNIST_NAME.fullmatch(result.path.name)
+    assert m and (m["flag"], m["size"], m["split"], m["run"]) == ("pneumoniamnist", None, "test", "quick-v1")
+    assert medmnist_parse(result.path.name) == ("pneumoniamnist", None, "test", "quick-v1")
+    # read as Evaluator.parse_and_evaluate reads it: pd.read_csv(path, index_col=0, header=None).sort_index().values
+    scores = pd.read_csv(result.path, index_col=0, header=None).sort_index().values
+    np.testing.assert_allclose(scores, [[0.8, 0.2], [0.1, 0.9], [0.4, 0.6], [0.6, 0.4]])
+
+
+def test_medmnist_submission_name_carries_the_size_of_larger_files(tmp_path):
+    run = medmnist_run(tmp_path, card_file=tmp_path / "pneumoniamnist_64.npz", run_name="run")
+    result = submit_run(run, entry="resnet18", expected_ids=[str(i) for i in range(4)])
+    assert result.path.name == "pneumoniamnist_64_test_resnet18@run.csv"
+    assert medmnist_parse(result.path.name) == ("pneumoniamnist", "64", "test", "run")
+    assert MEDMNIST_NAME.fullmatch(result.path.name)["size"] == "64"
+
+
+def test_medmnist_flag_and_file_names():
+    assert medmnist_flag("medmnist/pneumoniamnist.npz") == ("pneumoniamnist", "")
+    assert medmnist_flag("retinamnist_224.npz") == ("retinamnist", "_224")
+    assert medmnist_flag("breastmnist_28.npz") == ("breastmnist", "")
+    with pytest.raises(SubmissionError, match="cannot read a MedMNIST flag from '_64.npz'"):
+        medmnist_flag("_64.npz")
+    assert submission_file_name("medmnist", "subset_search", "my run@2", "octmnist") == \
+        "octmnist_test_subset_search@my-run-2.csv"
+    assert submission_file_name("isic2017", "greedy", "r") == "isic2017-greedy.csv"
+    with pytest.raises(SubmissionError, match="the run names no dataset; give the output path"):
+        submission_file_name("medmnist", "greedy", "r")
+
+
+def test_a_single_member_run_ranks_and_submits_its_member(tmp_path):
+    run = tmp_path / "solo"
+    for split in ("val", "test"):
+        ProbabilityTable(["a", "b", "c", "d"], ["benign", "malignant"],
+                         [[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]], [0, 1, 0, 1],
+                         {"member": "resnet18", "split": split}
+                         ).write(run / "predictions" / "resnet18" / f"{split}.csv")
+    logged = []
+    assert build_ensembles(run, log=logged.append) == {}
+    assert logged == ["only one member (resnet18): ensembles need at least two; skipped"]
+    frame = write_leaderboard(run, bootstrap=0, plots=False)
+    rows = frame[["rank", "entry", "kind", "val_auc", "test_auc"]].values.tolist()
+    assert rows == [[1, "resnet18", "member", 1.0, 1.0]]
+    result = submit_run(run)
+    assert (result.entry, result.kind, result.format) == ("resnet18", "member", "generic")
+    assert result.path.read_text() == "image_id,benign,malignant\na,0.9,0.1\nb,0.4,0.6\nc,0.7,0.3\nd,0.2,0.8\n"
