@@ -11,8 +11,11 @@ A medzoo checkpoint is a dict saved with ``torch.save``. Keys:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,8 @@ import torch
 from medzoo.ensemble.fileio import atomic_path
 
 FORMAT = "medzoo-checkpoint"
+NUMPY_RNG_GLOBALS = (np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType)
+_safe_globals = getattr(torch.serialization, "safe_globals", None) or (lambda globals_: contextlib.nullcontext())
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
@@ -34,20 +39,35 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location="cpu", weights_only: bool = True) -> dict:
     """Load a medzoo checkpoint; raises naming the file when it is missing or not one.
 
-    ``weights_only=True`` (safe unpickling) reads ``best.pt``; ``last.pt`` holds numpy RNG
-    state and needs ``False``: use that only for files this run wrote itself.
+    ``weights_only=True`` (safe unpickling) reads ``best.pt`` and ``last.pt`` alike: the numpy
+    arrays of ``last.pt``'s RNG state are allowed (:data:`NUMPY_RNG_GLOBALS`), nothing else is.
+    ``False`` unpickles anything: use it only for files this run wrote itself. Errors are one line;
+    a ``last.pt`` that still cannot be read safely points at the ``best.pt`` beside it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    allowed = _safe_globals(NUMPY_RNG_GLOBALS) if weights_only else contextlib.nullcontext()
     try:
-        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+        with allowed:
+            state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        if weights_only and path.name == "last.pt" and isinstance(e, pickle.UnpicklingError):
+            raise ValueError(f"{path} is a resume checkpoint (last.pt); predict with best.pt beside it: "
+                             f"{path.with_name('best.pt')}") from None
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a medzoo checkpoint (no format = {FORMAT!r}); "
                          f"use it as pretrained weights instead")
     return state
+
+
+def _reason(error: Exception) -> str:
+    """One line of an error's text: torch's weights-only errors run to paragraphs, with the reason in one of them."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    marker = "WeightsUnpickler error:"
+    return next((line.split(marker, 1)[1].strip() for line in lines if marker in line), lines[0] if lines else "")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -77,7 +97,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model stored in a checkpoint, in eval mode on ``device``; returns ``(model, checkpoint)``."""
+    """Rebuild the model stored in a checkpoint (``best.pt``, or ``last.pt``: its last epoch's weights),
+    in eval mode on ``device``; returns ``(model, checkpoint)``."""
     from medzoo.zoo.models import create_model
 
     ckpt = load_checkpoint(path)

@@ -13,6 +13,10 @@ import torch
 
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo import distributed
+from medzoo.zoo.cache import IMAGE_EXTENSIONS
+from medzoo.zoo.checkpoint import file_sha256, model_from_checkpoint
+from medzoo.zoo.datasets import load_images
+from medzoo.zoo.loader import BatchLoader
 
 
 def tta_flips(tta: bool, vflip: bool) -> tuple[tuple[int, ...], ...]:
@@ -31,8 +35,6 @@ def predict_probs(model: torch.nn.Module, images, *, mean, std, device, batch_si
     Under ``torch.distributed`` each rank predicts its shard and every rank gets all ``N`` rows,
     each image once.
     """
-    from medzoo.zoo.loader import BatchLoader
-
     dist = distributed.info()
     n = len(images)
     loader = BatchLoader(images, np.zeros(n, dtype=np.int64), batch_size, shuffle=False, seed=0, device=device,
@@ -54,8 +56,6 @@ def predict_probs(model: torch.nn.Module, images, *, mean, std, device, batch_si
 
 def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     """Files, and image files found (recursively, sorted) in folders; raises for anything missing."""
-    from medzoo.zoo.cache import IMAGE_EXTENSIONS
-
     paths = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -80,12 +80,10 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], *, out: str | 
             tta: bool = False, device: str = "auto", batch_size: int = 64) -> ProbabilityTable:
     """Probability table (labels unknown) for new image files or folders, from one checkpoint.
 
-    The checkpoint carries the architecture, classes, input size and normalisation. Writes
-    the table to ``out`` when given.
+    The checkpoint (``best.pt``, or ``last.pt`` for the last epoch's weights) carries the
+    architecture, classes, input size and normalisation. Writes the table to ``out`` when given.
     """
-    from medzoo.zoo.checkpoint import file_sha256, model_from_checkpoint
-    from medzoo.zoo.datasets import load_images
-    from medzoo.zoo.train import resolve_device
+    from medzoo.zoo.train import resolve_device  # zoo.train imports this module
 
     dev = resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, dev)
