@@ -27,11 +27,32 @@ def test_decode_gray_rgba_and_16_bit(tmp_path):
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 90, 255
     assert decode_image(save(tmp_path / "a.png", rgba), 4)[0, 0].tolist() == [90, 0, 0]
+
+
+def test_16_bit_and_float_images_are_scaled_by_bit_depth(tmp_path):
     deep = np.zeros((4, 4), np.uint16)
-    deep[:, 2:] = 4000
-    deep[:, :2] = 1000
-    out = decode_image(save(tmp_path / "d.png", deep), 4)  # min-max scaled: 1000 -> 0, 4000 -> 255
-    assert out[0, :, 0].tolist() == [0, 0, 255, 255]
+    deep[:, 0], deep[:, 1], deep[:, 2], deep[:, 3] = 65535, 32896, 1000, 0
+    path = save(tmp_path / "d.png", deep)
+    assert Image.open(path).mode.startswith("I")
+    # x 255 / 65535: 65535 -> 255, 32896 -> 128 (= 32896 / 257), 1000 -> 3.89 -> 4; never stretched per image
+    assert decode_image(path, 4)[0, :, 0].tolist() == [255, 128, 4, 0]
+    as_int = np.array([[0, 65535, 32896, 1000]], np.int32)  # mode I within 0..65535: read as 16-bit
+    assert decode_image(save(tmp_path / "i.tif", as_int), 4)[0, :, 0].tolist() == [0, 255, 128, 4]
+    # mode I beyond 16 bits: x 255 / (2**32 - 1), so 70000 -> 0.004 -> 0, 2**31 - 1 -> 127.49 -> 127; -5 clipped
+    wide = np.array([[0, 70000, 2**31 - 1, -5]], np.int32)
+    assert decode_image(save(tmp_path / "w.tif", wide), 4)[0, :, 0].tolist() == [0, 0, 127, 0]
+    floats = np.array([[-0.5, 0.0, 0.5, 2.0]], np.float32)  # mode F: [0, 1] clipped, 0.5 -> 127.5 -> 128
+    assert decode_image(save(tmp_path / "f.tif", floats), 4)[0, :, 0].tolist() == [0, 0, 128, 255]
+
+
+def test_8_bit_and_16_bit_copies_decode_alike(tmp_path):
+    rng = np.random.default_rng(0)
+    eight = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+    a = decode_image(save(tmp_path / "eight.png", eight), 12)
+    b = decode_image(save(tmp_path / "sixteen.png", eight.astype(np.uint16) * 256), 12)
+    assert np.abs(a.astype(int) - b).max() <= 1
+    c = decode_image(save(tmp_path / "exact.png", eight.astype(np.uint16) * 257), 12)
+    assert (a == c).all()
 
 
 def test_jpeg_is_resized_to_the_requested_size(tmp_path):

@@ -117,7 +117,8 @@ def test_csv_integer_labels_map_to_card_classes(tmp_path):
     write(tmp_path / "te.csv", "id,label\n2,2\n3,0\n")
     card = {"name": "ints", "format": "csv", "classes": ["a", "b", "c"],
             "splits": {"train": {"labels": "tr.csv", "images": "im"}, "test": {"labels": "te.csv", "images": "im"}}}
-    ds = open_dataset(card, data_root=tmp_path)
+    with pytest.warns(UserWarning, match=r"carving 20% of train's 2 images as val leaves val empty, so none"):
+        ds = open_dataset(card, data_root=tmp_path)
     assert labels_by_id(ds, "train") == {"0": 1, "1": 0}
     assert labels_by_id(ds, "test") == {"2": 2, "3": 0}
 
@@ -126,22 +127,27 @@ def isic2017_tree(root: Path) -> dict:
     """ISIC 2017 layout in miniature: one-hot floats, nevus is the all-zero row, unlabeled test."""
     write(root / "GT_train.csv", "image_id,melanoma,seborrheic_keratosis\n"
           "ISIC_1,1.0,0.0\nISIC_2,0.0,0.0\nISIC_3,0.0,1.0\nISIC_4,0.0,0.0\n")
+    write(root / "GT_val.csv", "image_id,melanoma,seborrheic_keratosis\nISIC_5,0,1\nISIC_6,1,0\nISIC_10,0,0\n")
     for k in range(1, 5):
-        img(root / "Training_Data" / f"ISIC_{k}.jpg")
+        img(root / "Training_Data" / f"ISIC_{k}.jpg", 40 * k)
+    for k in (5, 6, 10):
+        img(root / "Validation_Data" / f"ISIC_{k}.jpg", 20 * k + 5)
     for k in (7, 8):
-        img(root / "Test_Data" / f"ISIC_{k}.jpg")
+        img(root / "Test_Data" / f"ISIC_{k}.jpg", 30 * k)
         img(root / "Test_Data" / f"ISIC_{k}_superpixels.png")
     write(root / "Training_Data" / "ISIC_1_superpixels.txt", "not an image")
     return {"name": "mini2017", "format": "csv", "classes": ["melanoma", "seborrheic_keratosis", "nevus"],
             "negative_class": "nevus", "submission": "isic2017", "exclude": ["*_superpixels.png"],
             "views": [{"name": "melanoma", "positive": ["melanoma"]}],
-            "splits": {"train": {"labels": "GT_train.csv"}, "test": {"images": "Test_Data"}}}
+            "splits": {"train": {"labels": "GT_train.csv"}, "val": {"labels": "GT_val.csv"},
+                       "test": {"images": "Test_Data"}}}
 
 
 def test_csv_isic2017_onehot_with_negative_class_and_unlabeled_test(tmp_path):
     ds = open_dataset(isic2017_tree(tmp_path), data_root=tmp_path)
     assert ds.classes == ["melanoma", "seborrheic_keratosis", "nevus"]
     assert labels_by_id(ds, "train") == {"ISIC_1": 0, "ISIC_2": 2, "ISIC_3": 1, "ISIC_4": 2}
+    assert labels_by_id(ds, "val") == {"ISIC_5": 1, "ISIC_6": 0, "ISIC_10": 2}
     assert labels_by_id(ds, "test") == {"ISIC_7": -1, "ISIC_8": -1}
     assert ds.card.submission == "isic2017"
     assert ds.records("train").paths[0] == tmp_path / "Training_Data" / "ISIC_1.jpg"
@@ -163,15 +169,19 @@ def test_csv_isic2019_class_without_samples_is_kept_with_a_warning(tmp_path):
 def test_npz_given_splits_gray_and_rgb(tmp_path):
     gray = np.broadcast_to(np.array([10, 20, 30], np.uint8)[:, None, None], (3, 4, 4)).copy()
     np.savez(tmp_path / "g.npz", train_images=gray, train_labels=np.array([[1], [0], [1]], np.uint8),
-             test_images=gray[:2], test_labels=np.array([0, 1]))
+             val_images=gray[2:], val_labels=np.array([1]), test_images=gray[:2], test_labels=np.array([0, 1]))
     ds = open_dataset({"name": "g", "format": "npz", "file": "g.npz", "classes": ["no", "yes"]}, tmp_path)
-    assert ds.splits == ("train", "test")
+    assert ds.splits == ("train", "val", "test") and ds.made is None
     assert labels_by_id(ds, "train") == {"train_00000": 1, "train_00001": 0, "train_00002": 1}
     arr = load_arrays(ds, "train", 8)
     assert arr.images.shape == (3, 8, 8, 3) and arr.images.dtype == np.uint8
     assert arr.images[:, 0, 0, :].tolist() == [[10] * 3, [20] * 3, [30] * 3]
     assert (arr.images == arr.images[:, :1, :1, :]).all()
     assert arr.labels.tolist() == [1, 0, 1] and arr.classes == ["no", "yes"]
+    np.savez(tmp_path / "t.npz", train_images=gray, train_labels=np.array([1, 0, 1]), test_images=gray[:2])
+    ds = open_dataset({"name": "t", "format": "npz", "file": "t.npz", "classes": ["no", "yes"]}, tmp_path)
+    # no val given: one of the three train images (20% of 3, rounded by the deal) is carved out as val
+    assert [ds.class_counts(s).tolist() for s in ds.splits] == [[1, 1, 0], [0, 1, 0], [0, 0, 2]]
     rgb = np.zeros((2, 4, 4, 3), np.uint8)
     rgb[1, ..., 2] = 200
     np.savez(tmp_path / "c.npz", val_images=rgb, val_labels=np.array([2, 0]))
@@ -194,7 +204,8 @@ def test_npz_pool_is_split_and_data_root_from_environment(tmp_path, monkeypatch)
 def test_npz_download_checksum_and_missing_file(tmp_path):
     src = tmp_path / "src" / "m.npz"
     src.parent.mkdir()
-    np.savez(src, train_images=np.zeros((2, 3, 3), np.uint8), train_labels=np.array([0, 1]))
+    np.savez(src, train_images=np.zeros((2, 3, 3), np.uint8), train_labels=np.array([0, 1]),
+             val_images=np.zeros((1, 3, 3), np.uint8), val_labels=np.array([1]))
     md5 = hashlib.md5(src.read_bytes()).hexdigest()
     root = tmp_path / "root"
     card = {"name": "m", "format": "npz", "file": "medmnist/m.npz", "url": src.as_uri(), "md5": md5}
@@ -250,6 +261,8 @@ def test_card_for_path_and_overrides(tmp_path):
     ({"name": "x", "format": "csv", "splits": {"tset": {}}}, ValueError, "did you mean 'test'"),
     ({"name": "x", "format": "csv", "classes": ["a"], "views": [{"name": "v", "positive": ["b"]}]},
      ValueError, "view 'v'.*unknown class 'b'"),
+    ({"name": "x", "format": "csv", "duplicates": "warm"}, ValueError,
+     "unknown duplicates value 'warm'; did you mean 'warn'\\? allowed: error, warn, allow"),
 ])
 def test_bad_cards(card, error, match):
     with pytest.raises(error, match=match):
@@ -308,7 +321,8 @@ def test_truncated_image_names_file_and_row(tmp_path):
     card = csv_set(tmp_path, "image_id,label\na,x\nb,y\n")
     bad = tmp_path / "im" / "b.png"
     bad.write_bytes(bad.read_bytes()[:40])
-    ds = open_dataset(card, tmp_path)
+    with pytest.warns(UserWarning, match="so none is carved"):
+        ds = open_dataset(card, tmp_path)
     with pytest.raises(ValueError, match=r"l\.csv line 3: cannot decode image .*b\.png.*unreadable or truncated"):
         load_arrays(ds, "train", 4)
 
@@ -318,7 +332,7 @@ def test_inspect_command_prints_counts_and_draws_png(tmp_path, capsys):
     (tmp_path / "mini.toml").write_text(
         'name = "mini2017"\nformat = "csv"\nclasses = ["melanoma", "seborrheic_keratosis", "nevus"]\n'
         'negative_class = "nevus"\nexclude = ["*_superpixels.png"]\n[splits.train]\nlabels = "GT_train.csv"\n'
-        '[splits.test]\nimages = "Test_Data"\n')
+        '[splits.val]\nlabels = "GT_val.csv"\n[splits.test]\nimages = "Test_Data"\n')
     parser = argparse.ArgumentParser(prog="medzoo")
     cli_data.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "plots" / "dist.png"
@@ -328,6 +342,27 @@ def test_inspect_command_prints_counts_and_draws_png(tmp_path, capsys):
     text = capsys.readouterr().out.splitlines()
     assert text[1].split() == ["split", "images", "melanoma", "seborrheic_keratosis", "nevus", "unlabeled"]
     assert text[2].split() == ["train", "4", "1", "1", "2", "0"]
-    assert text[3].split() == ["test", "2", "0", "0", "0", "2"]
+    assert text[3].split() == ["val", "3", "1", "1", "1", "0"]
+    assert text[4].split() == ["test", "2", "0", "0", "0", "2"]
     assert text[0].startswith("mini2017: 3 classes")
+    assert text[0].endswith("; splits given by the data")
+    assert text[5:7] == ["decoded 9 images at 64 px: all readable (now cached)",
+                         "no identical images (compared at 64 px)"]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name[:9] for p in (tmp_path / "arrays" / "mini2017").iterdir()) == [
+        "test-64px", "train-64p", "val-64px-"]
+
+    bad = tmp_path / "Training_Data" / "ISIC_2.jpg"
+    bad.write_bytes(bad.read_bytes()[:60])
+    (tmp_path / "Test_Data" / "ISIC_9.jpg").write_bytes((tmp_path / "Training_Data" / "ISIC_3.jpg").read_bytes())
+    args = parser.parse_args(["data", "inspect", str(tmp_path / "mini.toml"), "--data-root", str(tmp_path),
+                              "--out", str(out), "--size", "16"])
+    with pytest.raises(ValueError) as err:
+        args.func(args)
+    errors = str(err.value).splitlines()
+    assert errors[0] == "dataset 'mini2017': 2 error(s):"
+    assert errors[1].startswith(f"{tmp_path / 'GT_train.csv'} line 3: cannot decode image {bad} (")
+    assert errors[2].startswith("1 set(s) of identical images span splits (train+test 1): train 'ISIC_3' (")
+    assert "byte-identical files" in errors[2]
+    printed = capsys.readouterr().out
+    assert "decoded 10 images at 16 px: 1 unreadable (the splits holding them are not cached)" in printed

@@ -175,7 +175,7 @@ def test_dataset_split_errors_and_resplit_of_given_splits(tmp_path):
     given = {"name": "g", "format": "csv", "classes": ["nev", "mel"],
              "splits": {"train": {"labels": "gt.csv", "images": "im"}}}
     with pytest.raises(ValueError, match=r"given splits \['train'\]; to re-split .* split.pool"):
-        open_dataset({**given, "split": {"seed": 1}}, tmp_path)
+        open_dataset({**given, "split": {"ratios": {"train": 0.75, "val": 0.25}}}, tmp_path)
     ds = open_dataset({**given, "split": {"pool": ["train"], "ratios": {"train": 0.75, "val": 0.25}}}, tmp_path)
     assert [ds.class_counts(s).tolist() for s in ds.splits] == [[9, 9, 0], [3, 3, 0]]
 
@@ -192,3 +192,70 @@ def test_dataset_group_pattern_keeps_a_patient_together(tmp_path):
     people = {s: {k.split("_")[0] for k in ds.records(s).ids} for s in ds.splits}
     assert not people["train"] & people["val"]
     assert [ds.class_counts(s).tolist() for s in ds.splits] == [[6, 6, 0], [3, 3, 0]]
+
+
+def chest_tree(root: Path, train: int = 10, test: int = 3) -> Path:
+    """Kaggle chest X-ray style: ``train/<class>/`` and ``test/<class>/``, no val folder."""
+    for split, n in (("train", train), ("test", test)):
+        for cls in ("normal", "pneumonia"):
+            (root / split / cls).mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(np.zeros((2, 2), np.uint8)).save(root / split / cls / f"{cls}{split}{k}.png")
+    return root
+
+
+def test_val_is_carved_out_of_train_when_the_data_gives_none(tmp_path):
+    chest_tree(tmp_path / "chest_xray")
+    card = {"name": "chest_xray", "format": "folder", "root": "chest_xray"}
+    ds = open_dataset(card, tmp_path)
+    assert ds.splits == ("train", "val", "test")
+    # 20% of 10 images per class: 2 + 2 go to val, 8 + 8 stay in train; test is untouched
+    assert [ds.class_counts(s).tolist() for s in ds.splits] == [[8, 8, 0], [2, 2, 0], [3, 3, 0]]
+    assert ds.made == {"mode": "val_carve", "fraction": 0.2, "seed": 0, "group": None, "pool": ["train"]}
+    assert ds.describe_made() == ("dataset 'chest_xray' has no val split: carved 20% of train (4 of 20 images) "
+                                  "as val, stratified, seed 0")
+    assert sorted(ds.records("train").ids + ds.records("val").ids) == sorted(
+        f"{c}train{k}" for c in ("normal", "pneumonia") for k in range(10))
+    assert ds.records("test").ids == [f"{c}test{k}" for c in ("normal", "pneumonia") for k in range(3)]
+    ids, names = ds.assignment()
+    written = read_split_csv(ds.write_splits(tmp_path / "splits.csv"))
+    assert written == dict(zip(ids, names)) and Counter(written.values()) == {"train": 16, "val": 4, "test": 6}
+
+    again = open_dataset(card, tmp_path)
+    assert again.records("val").ids == ds.records("val").ids
+    other = [open_dataset({**card, "split": {"seed": seed}}, tmp_path).records("val").ids for seed in (1, 2, 3)]
+    assert any(ids != ds.records("val").ids for ids in other)
+    half = open_dataset({**card, "split": {"val_fraction": 0.5, "seed": 4}}, tmp_path)
+    assert [half.class_counts(s).tolist() for s in half.splits] == [[5, 5, 0], [5, 5, 0], [3, 3, 0]]
+    assert half.describe_made().endswith("carved 50% of train (10 of 20 images) as val, stratified, seed 4")
+
+
+def test_carved_val_keeps_a_group_together(tmp_path):
+    lesion_set(tmp_path)  # 24 images, 3 per lesion, 8 lesions
+    (tmp_path / "test.csv").write_text("image,label,lesion_id\nimg0,nev,L0\n")
+    given = {"name": "lesions", "format": "csv", "classes": ["nev", "mel"], "split": {"group_column": "lesion_id"},
+             "splits": {"train": {"labels": "gt.csv", "images": "im"}, "test": {"labels": "test.csv", "images": "im"}}}
+    ds = open_dataset(given, tmp_path)
+    assert not lesion_of(ds, "train") & lesion_of(ds, "val")
+    # 20% of 8 lesions, dealt by class: one lesion of each class (3 + 3 images) goes to val
+    assert [ds.class_counts(s).tolist() for s in ds.splits] == [[9, 9, 0], [3, 3, 0], [1, 0, 0]]
+    assert ds.made["group"] == "lesion_id"
+    assert ds.describe_made() == ("dataset 'lesions' has no val split: carved 20% of train (6 of 24 images) as "
+                                  "val, stratified, grouped by lesion_id, seed 0")
+
+
+def test_carve_errors(tmp_path):
+    chest_tree(tmp_path / "x", train=1, test=1)
+    card = {"name": "x", "format": "folder", "root": "x"}
+    with pytest.warns(UserWarning, match=r"carving 20% of train's 2 images as val leaves val empty, so none is"):
+        ds = open_dataset(card, tmp_path)
+    assert ds.splits == ("train", "test") and ds.made is None and ds.describe_made() is None
+    with pytest.raises(ValueError, match=r"carving 20% of train's 2 images as val leaves val empty; change"):
+        open_dataset({**card, "split": {"val_fraction": 0.2}}, tmp_path)
+    for bad in (1.5, 0, "a fifth", True):
+        with pytest.raises(ValueError, match=rf"split.val_fraction = {bad!r}; allowed: a fraction between 0 and 1"):
+            open_dataset({**card, "split": {"val_fraction": bad}}, tmp_path)
+    with pytest.raises(ValueError, match=r"val_fraction carves val .* the data gives no splits \(use split.ratios\)"):
+        open_dataset({**card, "root": "x/train", "split": {"val_fraction": 0.3}}, tmp_path)
+    with pytest.raises(ValueError, match=r"did you mean 'val_fraction'"):
+        open_dataset({**card, "split": {"val_fracton": 0.3}}, tmp_path)

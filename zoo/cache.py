@@ -1,10 +1,10 @@
 """Decode and resize images once, and keep the result as uint8 arrays on disk.
 
-Images become ``uint8 [size, size, 3]`` RGB (grayscale replicated to 3 channels, aspect
-ratio not kept). The on-disk cache lives under ``$MEDZOO_CACHE`` (default
-``~/.cache/medzoo/arrays``, or under ``$XDG_CACHE_HOME``) as ``<dataset>/<split>-<size>px-<key>.npy``, where the
-key hashes every file's path, size and modification time: a changed, added or removed file
-gives a new key, so it is re-read.
+Images become ``uint8 [size, size, 3]`` RGB (grayscale replicated to 3 channels, 16-bit and
+float images scaled by their bit depth, aspect ratio not kept). The on-disk cache lives under
+``$MEDZOO_CACHE`` (default ``~/.cache/medzoo/arrays``, or under ``$XDG_CACHE_HOME``) as
+``<dataset>/<split>-<size>px-<key>.npy``, where the key hashes every file's path, size and
+modification time: a changed, added or removed file gives a new key, so it is re-read.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from medzoo.ensemble.fileio import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def user_cache_dir() -> Path:
@@ -33,16 +33,26 @@ def cache_root() -> Path:
 
 
 def _as_8bit(img):
-    """A PIL image in mode ``L`` or ``RGB``; 16-bit and float images are min-max scaled."""
+    """A PIL image in mode ``L`` or ``RGB``, deeper images scaled by their bit depth (never per image),
+    so a 16-bit copy decodes like the 8-bit one beside it.
+
+    ``I;16*`` modes are multiplied by 255/65535; mode ``I`` (32-bit integers, as Pillow may open a
+    16-bit PNG) likewise when every value lies in 0..65535, else by 255/(2**32 - 1) with negative
+    values clipped to 0; mode ``F`` (floats) is read as intensities in [0, 1], clipped.
+    """
     from PIL import Image
 
     if img.mode in ("L", "RGB"):
         return img
     if img.mode.startswith("I") or img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = a.min(), a.max()
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(np.round(a).astype(np.uint8), mode="L")
+        a = np.asarray(img).astype(np.float64)
+        if img.mode == "F":
+            a = np.clip(a, 0.0, 1.0) * 255.0
+        elif img.mode.startswith("I;16") or (a.min(initial=0) >= 0 and a.max(initial=0) <= 65535):
+            a = np.clip(a, 0, 65535) * (255.0 / 65535)
+        else:
+            a = np.clip(a, 0, None) * (255.0 / (2**32 - 1))
+        return Image.fromarray(np.round(a).astype(np.uint8))
     return img.convert("L" if img.mode in ("1", "LA") else "RGB")
 
 
@@ -74,20 +84,37 @@ def decode_image(path: str | Path, size: int, origin: str | None = None) -> np.n
 
 
 def load_images(paths: Sequence[str | Path], size: int, origins: Sequence[str] | None = None,
-                desc: str = "decoding images") -> np.ndarray:
-    """Decode image files in parallel threads -> ``uint8 [N, size, size, 3]`` (no disk cache)."""
+                desc: str = "decoding images", errors: dict[int, str] | None = None) -> np.ndarray:
+    """Decode image files in parallel threads -> ``uint8 [N, size, size, 3]`` (no disk cache).
+
+    An unreadable file raises ValueError naming it, unless ``errors`` is given: then its message
+    goes to ``errors[row]``, its row is left all zero, and decoding goes on.
+    """
     from tqdm import tqdm
 
     size = _check_size(size)
     origins = list(origins) if origins is not None else [None] * len(paths)
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     workers = min(8, os.cpu_count() or 1)
+    decode = decode_image if errors is None else _decode_or_message
     with ThreadPoolExecutor(workers) as pool:
-        decoded = pool.map(decode_image, paths, [size] * len(paths), origins)
+        decoded = pool.map(decode, paths, [size] * len(paths), origins)
         for i, arr in enumerate(tqdm(decoded, total=len(paths), desc=desc, unit="img",
                                      disable=len(paths) < 2)):
-            out[i] = arr
+            if isinstance(arr, str):
+                errors[i] = arr
+                out[i] = 0
+            else:
+                out[i] = arr
     return out
+
+
+def _decode_or_message(path: str | Path, size: int, origin: str | None) -> np.ndarray | str:
+    """:func:`decode_image`, or the message of its ValueError for an unreadable file."""
+    try:
+        return decode_image(path, size, origin)
+    except ValueError as e:
+        return str(e)
 
 
 def fingerprint(paths: Sequence[str | Path], size: int) -> str:

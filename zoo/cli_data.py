@@ -1,4 +1,5 @@
-"""``medzoo data inspect``: what a dataset card finds, split by split and class by class."""
+"""``medzoo data inspect`` (what a dataset card finds, split by split and class by class) and
+``medzoo check`` (a config's data and plan, checked before training)."""
 from __future__ import annotations
 
 import argparse
@@ -14,21 +15,42 @@ def register(sub) -> None:
                                       "or an image folder, label .csv or MedMNIST .npz given directly.")
     cmds = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: _usage(data))
-    p = cmds.add_parser("inspect", help="count images per split and class, and plot the distribution",
+    p = cmds.add_parser("inspect", help="count images per split and class, find unreadable and duplicate "
+                                         "images, and plot the distribution",
                         description="Open a dataset (reading every label file and listing every image, "
                                     "so bad input fails here, naming the file and row), print the number "
-                                    "of images per class and unlabeled images for each split, and draw "
-                                    "the class distribution as a bar chart PNG.",
+                                    "of images per class and unlabeled images for each split, decode every "
+                                    "image once (naming unreadable files) to find identical images within "
+                                    "and across splits, and draw the class distribution as a bar chart PNG. "
+                                    "Exits 1 when it finds an error (an unreadable image, the same image in "
+                                    "two splits unless the card allows it).",
                         epilog="example: MEDZOO_DATA=../shared/data medzoo data inspect isic2017")
     p.add_argument("card", metavar="CARD",
                    help="card name (isic2017, pneumoniamnist, ...), path to a card .toml, or a data path")
     p.add_argument("--data-root", metavar="DIR",
-                   help="folder the card's paths are relative to (default: $MEDZOO_DATA, else data/cache)")
+                   help="folder the card's paths are relative to (default: $MEDZOO_DATA, else ~/.cache/medzoo/data)")
     p.add_argument("--out", metavar="PNG", help="where to write the chart (default: ./<name>-classes.png)")
+    p.add_argument("--size", type=int, default=64, metavar="PX",
+                   help="decode images at this size, and compare them there (default: 64)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override a card field, TOML value, dotted for tables; repeatable "
                         "(e.g. --set negative_class=nevus --set split.fold=2)")
     p.set_defaults(func=inspect_command)
+
+    p = sub.add_parser("check", help="check a config's dataset and plan before training",
+                       description="Open the config's dataset, decode every image once at each member size "
+                                   "(filling the image cache, so training decodes nothing), count images per "
+                                   "split and class, find unreadable images, classes missing from a split and "
+                                   "identical images within and across splits, and print the members with an "
+                                   "estimated training time (timed steps of each model on random data). Exits 1 "
+                                   "when it finds an error, listing them all.",
+                       epilog="example: MEDZOO_DATA=../shared/data medzoo check benchmarks/quick_pneumoniamnist.toml")
+    p.add_argument("config", metavar="CONFIG", help="zoo config TOML, e.g. benchmarks/quick_pneumoniamnist.toml")
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help="folder that holds run folders, to show members already trained (default: results)")
+    p.add_argument("--no-estimate", dest="estimate", action="store_false",
+                   help="skip timing the models for the training time estimate")
+    p.set_defaults(func=check_command)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -53,16 +75,6 @@ def parse_overrides(items: list[str]) -> dict:
             node = node.setdefault(t, {})
         node[last] = value
     return out
-
-
-def format_counts(dataset) -> str:
-    """A text table: one row per split, columns images, each class, unlabeled."""
-    head = ["split", "images", *dataset.classes, "unlabeled"]
-    rows = [[s, str(len(dataset.records(s))), *map(str, dataset.class_counts(s))] for s in dataset.splits]
-    width = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width)))
-             for r in [head, *rows]]
-    return "\n".join(lines)
 
 
 def plot_counts(dataset, path: str | Path) -> Path:
@@ -99,6 +111,7 @@ def plot_counts(dataset, path: str | Path) -> Path:
 
 
 def inspect_command(args: argparse.Namespace) -> int:
+    from medzoo.zoo.check import check_dataset, format_counts
     from medzoo.zoo.datasets import open_dataset
 
     with warnings.catch_warnings(record=True) as caught:
@@ -106,11 +119,25 @@ def inspect_command(args: argparse.Namespace) -> int:
         ds = open_dataset(args.card, args.data_root, parse_overrides(args.overrides))
     for w in caught:
         print(f"medzoo data: warning: {w.message}", file=sys.stderr)
-    how = "given by the data" if ds.made is None else f"made: {ds.made}"
-    print(f"{ds.name}: {len(ds.classes)} classes, format {ds.card.format}, data root {ds.root}, splits {how}")
+    how = ds.describe_made() or "splits given by the data"
+    print(f"{ds.name}: {len(ds.classes)} classes, format {ds.card.format}, data root {ds.root}; {how}")
     if ds.card.views:
         print("views: " + "; ".join(f"{v['name']} = {' + '.join(v['positive'])} vs rest" for v in ds.card.views))
     print(format_counts(ds))
+    report = check_dataset(ds, [args.size])
+    for line in report.notes:
+        print(line)
+    for w in report.warnings:
+        print(f"medzoo data: warning: {w}", file=sys.stderr)
     out = plot_counts(ds, args.out or f"{ds.name}-classes.png")
     print(f"wrote {out}")
+    report.raise_for_errors()
+    return 0
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from medzoo.config import load_config
+    from medzoo.zoo.check import check
+
+    check(load_config(args.config), results_dir=args.results, estimate=args.estimate)
     return 0

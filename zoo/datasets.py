@@ -30,19 +30,22 @@ from medzoo.zoo.splits import (SPLIT_ALIASES, SPLIT_NAMES, check_ratios, read_sp
 from medzoo.zoo.tomlfile import read_toml
 
 __all__ = ["DatasetCard", "Dataset", "SplitRecords", "SplitArrays", "load_card", "open_dataset",
-           "load_arrays", "load_images", "known_cards", "resolve_data_root", "card_for_path", "ensure_file",
-           "read_folder", "read_csv", "read_npz", "CARD_DIR"]
+           "load_arrays", "decode_all", "load_images", "known_cards", "resolve_data_root", "card_for_path",
+           "ensure_file", "read_folder", "read_csv", "read_npz", "CARD_DIR", "DUPLICATE_POLICIES"]
 
 FORMATS = ("folder", "csv", "npz")
 CARD_KEYS = {"name", "format", "description", "citation", "license", "source", "classes", "submission",
              "views", "root", "file", "url", "md5", "sha256", "labels", "images", "id_column",
-             "label_column", "onehot", "negative_class", "exclude", "splits", "split"}
+             "label_column", "onehot", "negative_class", "exclude", "splits", "split", "duplicates"}
 SPLIT_KEYS = {"seed", "ratios", "folds", "fold", "group_column", "group_pattern", "group_file", "pool",
-              "assignment"}
+              "assignment", "val_fraction"}
+CARVE_KEYS = {"seed", "val_fraction", "group_column", "group_pattern", "group_file"}
 ENTRY_KEYS = {"root", "labels", "images"}
 ID_COLUMNS = ("image_id", "image", "id", "image_name", "filename", "file", "path", "name")
 LABEL_COLUMNS = ("label", "labels", "class", "diagnosis", "dx", "target")
 DEFAULT_RATIOS = {"train": 0.75, "val": 0.20, "test": 0.05}
+DEFAULT_VAL_FRACTION = 0.2
+DUPLICATE_POLICIES = ("error", "warn", "allow")
 
 
 def resolve_data_root(path: str | Path | None = None) -> Path:
@@ -132,6 +135,9 @@ def _check_card(raw: dict, path: Path | None) -> DatasetCard:
                 raise ValueError(where + unknown_name(f"[splits.{name}] field", key, ENTRY_KEYS))
     if "name" not in raw:
         raise ValueError(f"{where}missing 'name'")
+    if raw.get("duplicates", "error") not in DUPLICATE_POLICIES:
+        raise ValueError(where + unknown_name("duplicates value", raw["duplicates"], DUPLICATE_POLICIES,
+                                              label="allowed", sort=False))
     fmt = raw.get("format")
     if fmt not in FORMATS:
         raise ValueError(where + unknown_name("format", fmt, FORMATS, sort=False) if fmt
@@ -251,6 +257,29 @@ class Dataset:
             names += [s] * len(self.split_records[s])
         return ids, names
 
+    def describe_made(self) -> str | None:
+        """One line saying how the splits were made, e.g. "dataset 'chest_xray' has no val split: carved
+        20% of train (104 of 520 images) as val, stratified, seed 0"; None when the data gave them."""
+        m = self.made
+        if m is None:
+            return None
+        how = "stratified" + (f", grouped by {m['group']}" if m.get("group") else "") + f", seed {m['seed']}"
+        sizes = " / ".join(f"{s} {len(self.split_records[s])}" for s in self.splits)
+        if m["mode"] == "val_carve":
+            n_val = len(self.split_records["val"])
+            n = n_val + len(self.split_records["train"])
+            return (f"dataset {self.name!r} has no val split: carved {m['fraction'] * 100:g}% of train "
+                    f"({n_val} of {n} images) as val, {how}")
+        pool = " + ".join(m["pool"])
+        if m["mode"] == "assignment":
+            return f"dataset {self.name!r}: splits of {pool} read from {m['assignment']}: {sizes}"
+        if m["mode"] == "folds":
+            held = f", test {m['ratios']['test']:.0%} held out first" if m["ratios"] else ""
+            return (f"dataset {self.name!r}: split {pool} into {m['folds']} folds{held}, fold {m['fold']} "
+                    f"as val: {sizes}, {how}")
+        ratios = ", ".join(f"{s} {r:g}" for s, r in m["ratios"].items())
+        return f"dataset {self.name!r}: split {pool} by ratios {ratios}: {sizes}, {how}"
+
     def write_splits(self, path: str | Path) -> Path:
         """Write ``image_id,split`` for every image (atomically); see card field ``split.assignment``."""
         return write_split_csv(path, *self.assignment())
@@ -286,6 +315,31 @@ def load_arrays(dataset: Dataset, split: str, size: int) -> SplitArrays:
     else:
         images = cached_images(dataset.name, split, rec.paths, size, rec.origins)
     return SplitArrays(list(rec.ids), images, rec.labels.copy(), list(dataset.classes))
+
+
+def decode_all(dataset: Dataset, size: int) -> tuple[dict[str, SplitArrays], dict[str, dict[int, str]]]:
+    """Every split decoded at ``size`` through :func:`load_arrays`, which fills the on-disk cache.
+
+    An unreadable image file does not stop it: its split is decoded file by file (and not
+    cached), the image's rows are left all zero, and its message (naming the file) is returned.
+
+    Returns:
+        ``({split: SplitArrays}, {split: {row: message}})``, images uint8 ``[N, size, size, 3]``.
+    """
+    arrays, unreadable = {}, {}
+    for split in dataset.splits:
+        try:
+            arrays[split] = load_arrays(dataset, split, size)
+        except ValueError:
+            rec = dataset.records(split)
+            if rec.paths is None:
+                raise
+            errors: dict[int, str] = {}
+            images = load_images(rec.paths, size, rec.origins, desc=f"checking {dataset.name}/{split}",
+                                 errors=errors)
+            arrays[split] = SplitArrays(list(rec.ids), images, rec.labels.copy(), list(dataset.classes))
+            unreadable[split] = errors
+    return arrays, unreadable
 
 
 def _resolve(root: Path, rel) -> Path:
@@ -710,8 +764,17 @@ def _groups(cfg: dict, pool: SplitRecords, root: Path) -> list[str] | None:
 
 def _make_splits(card: DatasetCard, records: dict[str, SplitRecords], root: Path
                  ) -> tuple[dict[str, SplitRecords], dict | None]:
-    """Given splits as they are; the pooled images (or ``split.pool``) split as the card says."""
+    """Given splits as they are (with val carved out of train when only val is missing); the pooled
+    images (or ``split.pool``) split as the card says."""
     cfg = dict(card.raw.get("split", {}))
+    carve = "all" not in records and "pool" not in cfg and "train" in records and "val" not in records
+    if "val_fraction" in cfg and not (carve and set(cfg) <= CARVE_KEYS):
+        given = "no splits (use split.ratios)" if "all" in records else f"splits {list(records)}"
+        raise ValueError(f"card {card.name!r}: split.val_fraction carves val out of a given train split when "
+                         f"the data gives no val, and goes with none of ratios, folds, assignment, pool; "
+                         f"here the data gives {given} and [split] holds {sorted(cfg)}")
+    if carve and set(cfg) <= CARVE_KEYS:
+        return _carve_val(card, records, cfg, root)
     if "all" in records:
         pool_names = ["all"]
     elif "pool" in cfg:
@@ -770,3 +833,37 @@ def _make_splits(card: DatasetCard, records: dict[str, SplitRecords], root: Path
                          f"({made}); raise their ratio or use more images")
     return out, made
 
+
+def _carve_val(card: DatasetCard, records: dict[str, SplitRecords], cfg: dict, root: Path
+               ) -> tuple[dict[str, SplitRecords], dict | None]:
+    """Given splits with a val split carved out of train: ``split.val_fraction`` (default 0.2) of it,
+    stratified by class, grouped when the card names a group, seeded by ``split.seed``.
+
+    When train or val would come out empty, that is an error if the card sets ``val_fraction``;
+    otherwise the splits stay as given (nothing made) with a warning.
+    """
+    fraction = cfg.get("val_fraction", DEFAULT_VAL_FRACTION)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"card {card.name!r}: split.val_fraction = {fraction!r}; allowed: a fraction between "
+                         f"0 and 1 (exclusive), e.g. 0.2 for a fifth of train")
+    fraction, seed = float(fraction), int(cfg.get("seed", 0))
+    train = records["train"]
+    groups = _groups(cfg, train, root)
+    assign = stratified_split(train.labels, {"train": 1 - fraction, "val": fraction}, seed, groups)
+    made = {"mode": "val_carve", "fraction": fraction, "seed": seed,
+            "group": cfg.get("group_column") or cfg.get("group_pattern"), "pool": ["train"]}
+    parts = {s: np.flatnonzero(assign == s) for s in ("train", "val")}
+    empty = [s for s, rows in parts.items() if not len(rows)]
+    if empty:
+        why = (f"card {card.name!r}: the data gives no val split, and carving {fraction * 100:g}% of train's "
+               f"{len(train)} images as val leaves {empty[0]} empty")
+        if "val_fraction" in cfg:
+            raise ValueError(f"{why}; change split.val_fraction, add images, or give a val split")
+        warnings.warn(f"{why}, so none is carved; training needs a val split: add images, set "
+                      f"split.val_fraction, or give a val split", stacklevel=4)
+        return records, None
+    out = {s: replace(train.subset(rows), groups=None if groups is None else [groups[i] for i in rows])
+           for s, rows in parts.items()}
+    if "test" in records:
+        out["test"] = records["test"]
+    return out, made
