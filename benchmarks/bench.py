@@ -12,16 +12,22 @@ import sys
 import time
 from pathlib import Path
 
-from medzoo.ensemble.fileio import write_json
+import numpy
+import sklearn
+import torch
+import torchvision
+
+from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
+from medzoo.benchmarks.submission import submit_run
+from medzoo.config import load_config
+from medzoo.ensemble.fileio import clean_stale_temps, write_json
+from medzoo.ensemble.run import build_ensembles
+from medzoo.zoo.check import check
+from medzoo.zoo.train import resolve_device, resolve_run, train_zoo
 
 
 def environment(device: str) -> dict:
     """What ran the benchmark: versions, device, CPU and GPU names."""
-    import numpy
-    import sklearn
-    import torch
-    import torchvision
-
     env = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -40,27 +46,31 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_bench(config_path: str | Path, results_dir: str | Path = "results", members=None, log=print) -> dict:
-    """Run every stage of one config; return ``{"run_dir", "stages", "train", "leaderboard", "submission"}``.
+def run_bench(config_path: str | Path, results_dir: str | Path = "results", members=None, log=print, *,
+              format: str | None = None, extend: bool = False, estimate: bool = True) -> dict:
+    """Run every stage of one config; return ``{"run_dir", "stages", "check", "train", "leaderboard", "submission"}``.
 
-    ``stages`` maps each stage to its wall seconds; ``stages.json`` keeps those of every call
-    (a resumed call adds its own entry, so the first call's training time stays on record). Members
-    that failed or are being trained elsewhere are named; the later stages use the members
-    that are done, and say which are missing.
+    Nothing is written before the whole config is valid, the run folder fits it (a different
+    ``config.json`` there is refused unless ``extend``) and :func:`medzoo.zoo.check.check` has
+    decoded every image and found no error (missing classes, leaks across splits). ``stages``
+    maps each stage to its wall seconds; ``stages.json`` keeps those of every call (a resumed
+    call adds its own entry, so the first call's training time stays on record). Members that
+    failed or are being trained elsewhere are named; the later stages use the members that are
+    done, and say which are missing. ``format`` overrides the submission format.
     """
-    from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
-    from medzoo.benchmarks.submission import submit_run
-    from medzoo.ensemble.run import build_ensembles
-    from medzoo.zoo.config import load_config
-    from medzoo.zoo.train import resolve_device, train_zoo
-
     cfg = load_config(config_path)
     run_dir = Path(results_dir) / cfg.run
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "environment.json", environment(str(resolve_device(cfg.device))))
+    resolve_run(cfg, run_dir, extend=extend)
     stages = {}
+    t0 = time.perf_counter()
+    log("== check")
+    report = check(cfg, results_dir=results_dir, log=log, estimate=estimate)
+    stages["check"] = round(time.perf_counter() - t0, 2)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(run_dir, older_than=cfg.claim_timeout, recursive=True)
+    write_json(run_dir / "environment.json", environment(str(resolve_device(cfg.device))))
     history_path = run_dir / "stages.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else []
+    history = read_stage_history(history_path)
     history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": stages})
 
     def stage(name, fn):
@@ -71,12 +81,31 @@ def run_bench(config_path: str | Path, results_dir: str | Path = "results", memb
         write_json(history_path, history)
         return out
 
-    trained = stage("train", lambda: train_zoo(cfg, members=members, results_dir=results_dir))
+    trained = stage("train", lambda: train_zoo(cfg, members=members, results_dir=results_dir, extend=extend, log=log))
     missing = [r["member"] for r in trained if r.get("status") in ("failed", "running elsewhere")]
     if missing:
         log(f"members not available: {', '.join(missing)} (see medzoo status {run_dir}); continuing without them")
     stage("ensemble", lambda: build_ensembles(run_dir, config=cfg.ensemble, log=log))
     board = stage("leaderboard", lambda: write_leaderboard(run_dir, **config_options(run_dir)))
     log(to_terminal(board))
-    submission = stage("submission", lambda: submit_run(run_dir))
-    return {"run_dir": run_dir, "stages": stages, "train": trained, "leaderboard": board, "submission": submission}
+    submission = stage("submission", lambda: submit_run(run_dir, format))
+    return {"run_dir": run_dir, "stages": stages, "check": report, "train": trained, "leaderboard": board,
+            "submission": submission}
+
+
+def read_stage_history(path: Path) -> list[dict]:
+    """The calls recorded in ``stages.json``: ``[{"started", "seconds": {stage: s}}]``.
+
+    A file from medzoo 0.1 held one call's ``{stage: seconds}``; it is read as that one call.
+    """
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); delete it to start a new stage record") from None
+    if isinstance(history, dict) and all(isinstance(v, (int, float)) for v in history.values()):
+        return [{"started": None, "seconds": history}]
+    if not isinstance(history, list) or not all(isinstance(h, dict) and "seconds" in h for h in history):
+        raise ValueError(f"{path}: expected a list of {{started, seconds}} records; delete it to start a new one")
+    return history

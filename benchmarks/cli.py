@@ -42,10 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"medzoo {args.command}: error: {msg}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as e:
+        print(f"medzoo {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 1
+
+
+def error_line(e: Exception) -> str:
+    """One line for the user: the message of a medzoo error; for an OS error, what failed and on which path."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        target = f" -> {e.filename2}" if e.filename2 else ""
+        return f"{e.strerror.lower()}: {e.filename}{target}"
+    return str(e)
 
 
 if __name__ == "__main__":

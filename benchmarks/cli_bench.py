@@ -10,17 +10,25 @@ def register(sub) -> None:
                     "per-member probability tables -> ensembles -> leaderboard (+ plots) -> challenge "
                     "submission. A second call resumes: finished members are skipped.",
     )
-    p.add_argument("config", help="zoo config TOML, e.g. benchmarks/pneumoniamnist.toml")
+    p.add_argument("config", help="zoo config TOML, e.g. benchmarks/pneumoniamnist.toml, or the name of a "
+                                  "shipped one (pneumoniamnist, isic2017, ...)")
     p.add_argument("--results", default="results", help="folder that holds run folders (default: results)")
     p.add_argument("--member", action="append", dest="members", metavar="ID",
                    help="train only this member (repeatable); the other stages use every finished member")
+    p.add_argument("--format", help="submission format (default: the config's [submission] format, then the "
+                                    "dataset card's, then generic)")
+    p.add_argument("--extend", action="store_true",
+                   help="continue a run folder whose config.json differs from CONFIG; finished members are kept")
+    p.add_argument("--no-estimate", dest="estimate", action="store_false",
+                   help="skip timing a few training steps per member for the plan's time estimate")
     p.set_defaults(func=_bench)
 
 
 def _bench(args) -> int:
     from medzoo.benchmarks.bench import run_bench
 
-    out = run_bench(args.config, results_dir=args.results, members=args.members)
+    out = run_bench(args.config, results_dir=args.results, members=args.members, format=args.format,
+                    extend=args.extend, estimate=args.estimate)
     run_dir = out["run_dir"]
     print(f"\nrun folder: {run_dir}")
     for name, seconds in out["stages"].items():

@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medzoo.benchmarks import metrics
-from medzoo.benchmarks.runs import read_run_config
+from medzoo.zoo.config import read_run_config
 from medzoo.ensemble.fileio import write_text
 from medzoo.ensemble.names import unknown_name
 from medzoo.ensemble.table import ProbabilityTable, align

@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medzoo.benchmarks.runs import read_run_config
+from medzoo.zoo.config import read_run_config
 from medzoo.ensemble.fileio import atomic_path
 from medzoo.ensemble.names import unknown_name
 from medzoo.ensemble.table import ProbabilityTable

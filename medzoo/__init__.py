@@ -25,7 +25,7 @@ __version__ = "0.2.0"
 API = {
     "create_model": "medzoo.zoo.models",
     "list_models": "medzoo.zoo.models",
-    "load_config": "medzoo.zoo.config",
+    "load_config": "medzoo.config",
     "parse_config": "medzoo.zoo.config",
     "open_dataset": "medzoo.zoo.datasets",
     "load_card": "medzoo.zoo.datasets",

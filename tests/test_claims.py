@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_train import read_history, tiny_config
-from medzoo.zoo.config import load_config
+from medzoo.config import load_config
 from medzoo.zoo.distributed import ClaimLost, read_claim, try_claim
 from medzoo.zoo.train import status, train_zoo
 

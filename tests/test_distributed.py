@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from medzoo.ensemble.table import ProbabilityTable
 from tests.test_train import read_history, tiny_config, write_tiny_npz
 from medzoo.zoo.checkpoint import model_from_checkpoint
-from medzoo.zoo.config import load_config
+from medzoo.config import load_config
 from medzoo.zoo.predict import predict_probs
 from medzoo.zoo.train import roc_auc, train_zoo
 

@@ -7,7 +7,7 @@ import torch
 
 from tests.test_train import read_history, tiny_config
 from medzoo.zoo.checkpoint import load_checkpoint
-from medzoo.zoo.config import load_config
+from medzoo.config import load_config
 from medzoo.zoo.train import status, train_member, train_zoo
 
 

@@ -12,7 +12,8 @@ import torch
 
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-from medzoo.zoo.config import load_config, parse_config
+from medzoo.config import load_config
+from medzoo.zoo.config import parse_config
 from medzoo.zoo.predict import predict, predict_probs
 from medzoo.zoo.train import (accumulation_steps, class_weights, focal_loss, make_optimizer, make_scheduler, roc_auc, status, train_member,
                        train_zoo)

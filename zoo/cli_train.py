@@ -20,6 +20,9 @@ def register(sub) -> None:
                    help="train only this member id (repeatable)")
     p.add_argument("--results", default="results", help="folder that holds run folders (default: results)")
     p.add_argument("--epochs", type=int, help="override the number of epochs for every member")
+    p.add_argument("--extend", action="store_true",
+                   help="continue a run folder whose config.json differs from CONFIG (added members, changed "
+                        "settings); finished members are kept as they are")
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -47,13 +50,13 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from medzoo.zoo.config import load_config
+    from medzoo.config import load_config
     from medzoo.zoo.distributed import env_info
     from medzoo.zoo.train import train_zoo
 
     overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
     cfg = load_config(args.config, overrides)
-    results = train_zoo(cfg, members=args.members, results_dir=args.results)
+    results = train_zoo(cfg, members=args.members, results_dir=args.results, extend=args.extend)
     if env_info().rank != 0:
         return 0
     print(f"\n{'member':<20} {'status':<17} {'val AUC':>8} {'test AUC':>8} {'minutes':>8}")

@@ -23,6 +23,7 @@ job may take over a member) are top-level keys.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,8 @@ class ZooConfig:
         return asdict(self)
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
-    """Read and validate a zoo config TOML.
+def read_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
+    """Read and validate the zoo part of a config TOML (``medzoo.config.load_config`` checks every section).
 
     ``overrides`` is a nested dict merged over the file, e.g. ``{"seed": 1, "train":
     {"epochs": 2}}``. Its ``train`` keys are applied to the defaults and, unlike the
@@ -204,9 +205,65 @@ def parse_train(raw: dict, where: str) -> TrainConfig:
     return cfg
 
 
+def config_differences(recorded: dict, given: dict) -> list[str]:
+    """What differs between a run folder's ``config.json`` and a resolved config, one line per key.
+
+    Both are :meth:`ZooConfig.to_dict` dicts; members are matched by id. ``source`` and
+    ``data_root`` are not compared (the same run may be continued from another folder or
+    machine), and keys that ``recorded`` lacks inside a member or section it has are taken as
+    matching: a run folder written by an older medzoo did not know them. Returns e.g.
+    ``["members.resnet18.train.epochs: 10 in the run folder, 5 now", "members.vgg11: not in the run folder"]``.
+    """
+    old, new = _flatten(recorded), _flatten(given)
+    old_members = {m.get("id") for m in recorded.get("members", [])}
+    out = []
+    for key in sorted(old.keys() | new.keys()):
+        if key.split(".")[0] in ("source", "data_root"):
+            continue
+        if key not in old:
+            parts = key.split(".")
+            if parts[0] == "members" and parts[1] not in old_members:
+                out.append(f"members.{parts[1]}: not in the run folder")
+        elif key not in new:
+            parts = key.split(".")
+            gone = parts[0] == "members" and parts[1] not in {m["id"] for m in given.get("members", [])}
+            out.append(f"members.{parts[1]}: in the run folder, not in the config" if gone
+                       else f"{key}: {old[key]!r} in the run folder, absent now")
+        elif old[key] != new[key]:
+            out.append(f"{key}: {old[key]!r} in the run folder, {new[key]!r} now")
+    return list(dict.fromkeys(out))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts (and the ``members`` list, keyed by id) -> ``{"a.b.c": leaf}``."""
+    out = {}
+    for k, v in d.items():
+        if k == "members" and not prefix and isinstance(v, (list, tuple)):
+            v = {m.get("id", str(i)): m for i, m in enumerate(v)}
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def save_config(cfg: ZooConfig, run_dir: str | Path) -> Path:
     """Write the resolved config to ``run_dir/config.json`` (atomically)."""
     return write_json(Path(run_dir) / "config.json", cfg.to_dict())
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """``RUN_DIR/config.json`` as a dict; ``{}`` when the run has none. Invalid JSON raises naming the file."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberConfig:

@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medzoo.ensemble.fileio import write_json, write_text
+from medzoo.ensemble.fileio import clean_stale_temps, write_json, write_text
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo import distributed
 from medzoo.zoo.checkpoint import file_sha256, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from medzoo.zoo.config import MemberConfig, TrainConfig, ZooConfig, save_config
+from medzoo.zoo.config import (MemberConfig, TrainConfig, ZooConfig, config_differences, read_run_config,
+                               save_config)
+from medzoo.zoo.datasets import known_cards, load_arrays, open_dataset, resolve_data_root
 from medzoo.zoo.predict import predict_probs, tta_flips
 
 AUX_WEIGHT = 0.4
@@ -245,14 +247,29 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def check_trainable(ds) -> None:
+    """Raise unless ``ds`` has train and val splits, fully labelled, each holding every class.
+
+    A class absent from val makes the validation ROC-AUC NaN in every epoch (so early stopping
+    and the best checkpoint would never move); absent from train, the model never sees it.
+    """
+    if "train" not in ds.splits or "val" not in ds.splits:
+        raise ValueError(f"dataset {ds.name!r} has splits {list(ds.splits)}; training needs 'train' and 'val'")
+    for split in ("train", "val"):
+        counts = ds.class_counts(split)
+        if counts[-1]:
+            raise ValueError(f"dataset {ds.name!r}: every {split} image needs a label; {counts[-1]} have none")
+        empty = [c for c, n in zip(ds.classes, counts[:-1]) if n == 0]
+        if empty:
+            raise ValueError(f"dataset {ds.name!r}: class(es) {empty} have no image in {split} "
+                             f"(counts {dict(zip(ds.classes, counts[:-1].tolist()))}); training needs every "
+                             f"class in train and val: move some images there or drop the class")
+
+
 def _load_data(cfg: ZooConfig, size: int) -> tuple[str, list[str], dict]:
     """(dataset name, classes, {split: SplitArrays}) at ``size`` px; rank 0 fills the cache first."""
-    from medzoo.zoo.datasets import load_arrays, open_dataset
-
     ds = open_dataset(cfg.dataset, data_root=cfg.data_root)
-    for split in ("train", "val"):
-        if split not in ds.splits:
-            raise ValueError(f"dataset {ds.name!r} has splits {list(ds.splits)}; training needs 'train' and 'val'")
+    check_trainable(ds)
     splits = [s for s in ("train", "val", "test") if s in ds.splits]
     dist = distributed.info()
     arrays = {}
@@ -261,8 +278,6 @@ def _load_data(cfg: ZooConfig, size: int) -> tuple[str, list[str], dict]:
             arrays = {s: load_arrays(ds, s, size) for s in splits}
         if turn:
             distributed.barrier()
-    if (arrays["train"].labels < 0).any() or (arrays["val"].labels < 0).any():
-        raise ValueError(f"dataset {ds.name!r}: every train and val image needs a label")
     return ds.name, list(ds.classes), arrays
 
 
@@ -333,7 +348,7 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
     run = _Run()
     last, best = mdir / "last.pt", mdir / "best.pt"
     if last.exists():
-        ckpt = load_checkpoint(last, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(last, map_location=device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
@@ -345,8 +360,6 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
         if dist.is_main:
             _repair_best(ckpt, best, static)
             write_history(run.history, mdir / "history.csv")
-            for partial in mdir.glob(".*.pt.*.tmp"):  # left by a kill during torch.save
-                partial.unlink(missing_ok=True)
         say(f"{member.id}: resuming after epoch {run.epoch} (best val AUC {run.best_auc:.4f} at epoch {run.best_epoch})")
     say(f"{member.id}: {member.model} at {member.size}px on {device}, {len(train.labels)} train / "
         f"{len(val.labels)} val images, effective batch {effective} = {t.batch_size} x {dist.world_size} "
@@ -487,10 +500,13 @@ def _logger(log, is_main: bool) -> Callable[[str], None]:
 
 def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str | Path = "results", *,
               progress: bool = True, on_batch: Callable | None = None,
-              log: Callable[[str], None] | None = None) -> list[dict]:
+              log: Callable[[str], None] | None = None, extend: bool = False) -> list[dict]:
     """Train the zoo's members (or those named) into ``results_dir/<run>/``; returns one dict per member.
 
-    Finished members (``done.json``) are skipped; a member another job holds a live claim on
+    Before anything is written the dataset is opened and checked (train and val must hold every
+    class), and a run folder that already has a ``config.json`` must match ``cfg``: otherwise
+    ValueError names the differing keys, unless ``extend`` (then the new config replaces the
+    recorded one; finished members are kept as they are). Finished members (``done.json``) are skipped; a member another job holds a live claim on
     is skipped (``status`` "running elsewhere"); a member whose training raises gets
     ``failed.json`` with the error and the zoo moves on (``status`` "failed") — except under
     torchrun, where the error ends the job. Other statuses: "done" (already finished), "trained".
@@ -506,7 +522,7 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
     with distributed.session(device, cfg.dist_timeout) as dist:
         say = _logger(log, dist.is_main)
         if dist.is_main:
-            _record_run(cfg, run_dir)
+            record_run(cfg, run_dir, extend=extend, log=say)
         for m in chosen:
             mdir = run_dir / "members" / m.id
             claim, holder = None, None
@@ -519,6 +535,9 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
                     holder = distributed.read_claim(mdir / "claim.json") or {}
                 elif claim.took_over:
                     say(f"{m.id}: took over a stale claim ({claim.took_over})")
+                if claim is not None:
+                    for folder in (mdir, run_dir / "predictions" / m.id):
+                        clean_stale_temps(folder)
             decision = "busy" if holder is not None else "train" if claim is not None else "done"
             decision, holder = distributed.broadcast((decision, holder))
             if decision == "done":
@@ -554,16 +573,51 @@ def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str
     return results
 
 
-def _record_run(cfg: ZooConfig, run_dir: Path) -> None:
-    """Save the resolved config (with the absolute data root, so later commands find the data)
-    and, when the dataset's splits were made rather than given, the split of every image."""
-    from medzoo.zoo.datasets import open_dataset, resolve_data_root
+def resolve_run(cfg: ZooConfig, run_dir: Path, *, extend: bool = False) -> ZooConfig:
+    """``cfg`` as a run folder records it (absolute data root and dataset path), once it fits ``run_dir``.
 
+    A ``config.json`` already in ``run_dir`` must match (see :func:`config_differences`) unless
+    ``extend``; otherwise ValueError names the differing keys. Writes nothing.
+    """
     root = str(resolve_data_root(cfg.data_root).resolve())
-    save_config(replace(cfg, data_root=root), run_dir)
-    ds = open_dataset(cfg.dataset, data_root=root)
+    resolved = replace(cfg, data_root=root, dataset=_dataset_reference(cfg.dataset))
+    recorded = read_run_config(run_dir)
+    if recorded and not extend:
+        diffs = config_differences(recorded, resolved.to_dict())
+        if diffs:
+            raise ValueError(f"{run_dir / 'config.json'} was written by a different config: "
+                             + "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+                             + ". Use another run name, or pass --extend to continue this run with the new "
+                               "config (finished members are kept as they are)")
+    return resolved
+
+
+def record_run(cfg: ZooConfig, run_dir: Path, *, extend: bool = False, log: Callable[[str], None] = print) -> ZooConfig:
+    """Check the dataset and the run folder, then save the resolved config; returns what was saved.
+
+    The dataset is opened first (a wrong path fails here and writes nothing) and must be
+    trainable (:func:`check_trainable`); the run folder must fit (:func:`resolve_run`). When
+    the dataset's splits were made rather than given, the split of every image is saved under
+    ``splits/`` and announced in one line.
+    """
+    resolved = resolve_run(cfg, run_dir, extend=extend)
+    ds = open_dataset(resolved.dataset, data_root=resolved.data_root)
+    check_trainable(ds)
+    save_config(resolved, run_dir)
     if ds.made is not None:
-        ds.write_splits(run_dir / "splits" / f"{ds.name}.csv")
+        path = ds.write_splits(run_dir / "splits" / f"{ds.name}.csv")
+        announce = ds.describe_made()
+        if announce:
+            log(f"{announce}; saved to {path}")
+    return resolved
+
+
+def _dataset_reference(dataset: str) -> str:
+    """A card name as it is; a path (card .toml, folder, CSV, npz) made absolute."""
+    p = Path(dataset).expanduser()
+    if p.suffix == ".toml" or (p.exists() and dataset not in known_cards()):
+        return str(p.resolve())
+    return dataset
 
 
 def _read_json(path: Path) -> dict:
@@ -580,7 +634,7 @@ def status(run_dir: str | Path) -> list[dict]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder at {run_dir}")
-    cfg = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    cfg = read_run_config(run_dir)
     models = {m["id"]: m["model"] for m in cfg.get("members", [])}
     timeout = float(cfg.get("claim_timeout", 600.0))
     found = sorted(p.name for p in (run_dir / "members").glob("*") if p.is_dir()) if (run_dir / "members").is_dir() else []

@@ -1,0 +1,62 @@
+"""The whole-config check: a zoo config TOML read and every section validated before any work.
+
+``medzoo.zoo.config`` owns the run, dataset, ``[train]`` and ``[[members]]`` part; each later
+stage owns its section's schema (``[ensemble]``: :func:`medzoo.ensemble.run.check_config`,
+``[leaderboard]``: :func:`medzoo.benchmarks.leaderboard.check_options`, ``[submission]``:
+:func:`medzoo.benchmarks.submission.check_options`). :func:`load_config` runs them all, so a
+typo anywhere fails in the first seconds of ``medzoo train``, ``check`` or ``bench``, not after
+the members have trained.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import medzoo.benchmarks
+from medzoo.benchmarks import leaderboard, submission
+from medzoo.ensemble import run as ensemble_run
+from medzoo.ensemble.names import unknown_name
+from medzoo.zoo.config import ZooConfig, read_config
+
+CONFIG_DIR = Path(medzoo.benchmarks.__file__).resolve().parent
+SECTION_CHECKS = {
+    "ensemble": ensemble_run.check_config,
+    "leaderboard": leaderboard.check_options,
+    "submission": submission.check_options,
+}
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
+    """Read a zoo config TOML and check it whole: every key, every option value, every section.
+
+    ``overrides`` is a nested dict merged over the file (see :func:`medzoo.zoo.config.parse_config`).
+    Errors name the file, the section and the key, with the closest allowed name.
+    """
+    path = config_path(path)
+    cfg = read_config(path, overrides)
+    return check_sections(cfg, source=str(path))
+
+
+def shipped_configs() -> list[str]:
+    """Names of the benchmark configs shipped with medzoo (``medzoo bench pneumoniamnist``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` when it is a file, else the shipped config of that name; otherwise FileNotFoundError."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / f"{p.name}.toml"
+    if p.suffix in ("", ".toml") and len(p.parts) == 1 and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"no config file at {path}; " + unknown_name("shipped config", p.stem, shipped_configs()))
+
+
+def check_sections(cfg: ZooConfig, source: str | None = None) -> ZooConfig:
+    """``cfg`` itself once its ``[ensemble]``, ``[leaderboard]`` and ``[submission]`` sections pass their checks."""
+    for name, check in SECTION_CHECKS.items():
+        try:
+            check(getattr(cfg, name))
+        except ValueError as e:
+            raise ValueError(f"{source or 'config'}: {e}") from None
+    return cfg
