@@ -1,6 +1,8 @@
 """A user's first run: the whole config is checked before any work, and a failure never changes finished work."""
 from __future__ import annotations
 
+import ast
+import configparser
 import json
 import re
 import subprocess
@@ -13,6 +15,7 @@ import pytest
 from medzoo.benchmarks.bench import read_stage_history
 from medzoo.benchmarks.cli import main
 from medzoo.config import config_path, load_config
+from medzoo.ensemble.fileio import TEMP_SUFFIX
 from medzoo.zoo.config import config_differences, read_config
 from tests.images import write_class_tree
 from tests.test_train import tiny_config
@@ -151,3 +154,41 @@ def test_the_readme_script_runs(tmp_path):
     sub = tmp_path / "results" / "chest_xray" / "submissions"
     (csv,) = sub.glob("generic-*.csv")
     assert len(csv.read_text().splitlines()) == 1 + 10
+
+
+def test_training_removes_temp_files_of_a_killed_write(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    member = tmp_path / "r" / "tiny" / "members" / "squeezenet1_1"
+    table = tmp_path / "r" / "tiny" / "predictions" / "squeezenet1_1"
+    member.mkdir(parents=True)
+    table.mkdir(parents=True)
+    leftovers = [member / f".last.pt.0123abcd{TEMP_SUFFIX}", table / f".val.csv.89ab4567{TEMP_SUFFIX}"]
+    for f in leftovers:
+        f.write_bytes(b"half a checkpoint")
+    (member / "notes.tmp").write_text("the user's own file")
+    assert main(["train", str(config), "--results", str(tmp_path / "r")]) == 0
+    assert not any(f.exists() for f in leftovers)
+    assert (member / "notes.tmp").read_text() == "the user's own file"
+
+
+def declared_requirements() -> set[str]:
+    """Distribution names in setup.cfg's install_requires, lower case."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    lines = parser["options"]["install_requires"].split("\n")
+    return {re.split(r"[<>=;! ]", line.strip())[0].lower() for line in lines if line.strip()}
+
+
+def test_every_third_party_import_is_declared():
+    distribution = {"PIL": "pillow", "sklearn": "scikit-learn"}
+    imported = set()
+    for folder in ("medzoo", "zoo", "ensemble", "benchmarks", "data"):
+        for path in (ROOT / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "medzoo"}
+    assert {distribution.get(m, m).lower() for m in third_party} <= declared_requirements()
+    assert {"torch", "numpy", "threadpoolctl", "pillow"} <= {distribution.get(m, m).lower() for m in third_party}
