@@ -28,7 +28,7 @@ from medzoo.zoo.config import MemberConfig, ZooConfig
 from medzoo.zoo.datasets import Dataset, decode_all, open_dataset
 from medzoo.zoo.models import create_model, forward_logits
 from medzoo.zoo.predict import tta_flips
-from medzoo.zoo.train import amp_setup, make_optimizer, resolve_device, status
+from medzoo.zoo.train import amp_setup, make_optimizer, optimizer_step, resolve_device, status
 
 __all__ = ["CheckReport", "check", "check_dataset", "plan_members", "estimate_time", "format_counts",
            "image_digests", "identical_sets", "TINY_CLASS", "SHOWN_PAIRS", "TIMED_STEPS"]
@@ -347,12 +347,7 @@ def _time_steps(member: MemberConfig, num_classes: int, device: torch.device, se
         sync()
         middle = time.perf_counter()
         (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scaler)
         sync()
         if k:
             step_s += time.perf_counter() - start

@@ -149,6 +149,16 @@ def amp_setup(device: torch.device, cfg: TrainConfig):
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    """One optimizer step (through ``scaler`` when fp16 AMP uses a GradScaler), then clear the gradients."""
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=None, scaler=None, amp_dtype=None,
                     accumulate: int = 1, max_batches: int = 0, on_batch: Callable | None = None,
                     progress: bool = True, desc: str = "train") -> dict:
@@ -185,12 +195,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=N
             scaled = loss / accumulate
             (scaler.scale(scaled) if scaler else scaled).backward()
         if step_now:
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scaler)
             steps += 1
             if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
                 scheduler.step()
