@@ -23,6 +23,7 @@ from medzoo.config import load_config
 from medzoo.ensemble.fileio import clean_stale_temps, write_json
 from medzoo.ensemble.run import build_ensembles
 from medzoo.zoo.check import check
+from medzoo.zoo.config import ZooConfig
 from medzoo.zoo.train import resolve_device, resolve_run, train_zoo
 
 
@@ -46,7 +47,7 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_bench(config_path: str | Path, results_dir: str | Path = "results", members=None, log=print, *,
+def run_bench(config: ZooConfig | str | Path, results_dir: str | Path = "results", members=None, log=print, *,
               format: str | None = None, extend: bool = False, estimate: bool = True) -> dict:
     """Run every stage of one config; return ``{"run_dir", "stages", "check", "train", "leaderboard", "submission"}``.
 
@@ -56,9 +57,10 @@ def run_bench(config_path: str | Path, results_dir: str | Path = "results", memb
     maps each stage to its wall seconds; ``stages.json`` keeps those of every call (a resumed
     call adds its own entry, so the first call's training time stays on record). Members that
     failed or are being trained elsewhere are named; the later stages use the members that are
-    done, and say which are missing. ``format`` overrides the submission format.
+    done, and say which are missing. ``config`` is a loaded config or a path (or shipped name) to load;
+    ``format`` overrides the submission format.
     """
-    cfg = load_config(config_path)
+    cfg = config if isinstance(config, ZooConfig) else load_config(config)
     run_dir = Path(results_dir) / cfg.run
     resolve_run(cfg, run_dir, extend=extend)
     stages = {}

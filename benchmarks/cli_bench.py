@@ -25,9 +25,12 @@ def register(sub) -> None:
 
 
 def _bench(args) -> int:
-    from medzoo.benchmarks.bench import run_bench
+    from medzoo.config import load_config
 
-    out = run_bench(args.config, results_dir=args.results, members=args.members, format=args.format,
+    cfg = load_config(args.config)
+    from medzoo.benchmarks.bench import run_bench  # after the config check, so a typo fails before torch loads
+
+    out = run_bench(cfg, results_dir=args.results, members=args.members, format=args.format,
                     extend=args.extend, estimate=args.estimate)
     run_dir = out["run_dir"]
     print(f"\nrun folder: {run_dir}")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import medzoo.benchmarks
 from medzoo.benchmarks import leaderboard, submission
 from medzoo.ensemble import run as ensemble_run
 from medzoo.ensemble.names import unknown_name
-from medzoo.zoo.config import ZooConfig, read_config
+from medzoo.zoo.config import ZooConfig, parse_config
+from medzoo.zoo.tomlfile import read_toml
 
-CONFIG_DIR = Path(medzoo.benchmarks.__file__).resolve().parent
+CONFIG_DIR = Path(leaderboard.__file__).resolve().parent
 SECTION_CHECKS = {
     "ensemble": ensemble_run.check_config,
     "leaderboard": leaderboard.check_options,
@@ -28,12 +28,27 @@ SECTION_CHECKS = {
 def load_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
     """Read a zoo config TOML and check it whole: every key, every option value, every section.
 
-    ``overrides`` is a nested dict merged over the file (see :func:`medzoo.zoo.config.parse_config`).
-    Errors name the file, the section and the key, with the closest allowed name.
+    ``path`` is a file or the name of a shipped config. ``overrides`` is a nested dict merged over
+    the file (see :func:`medzoo.zoo.config.parse_config`). The later stages' sections are checked
+    first, as they need no model registry (and so no torch). Errors name the file, the section and
+    the key, with the closest allowed name.
     """
     path = config_path(path)
-    cfg = read_config(path, overrides)
-    return check_sections(cfg, source=str(path))
+    raw = read_toml(path, "config file")
+    check_sections(raw, source=str(path))
+    return parse_config(raw, overrides=overrides, source=str(path))
+
+
+def check_sections(raw: dict, source: str | None = None) -> None:
+    """Check a config's ``[ensemble]``, ``[leaderboard]`` and ``[submission]`` sections (absent ones pass)."""
+    for name, check in SECTION_CHECKS.items():
+        section = raw.get(name, {})
+        if not isinstance(section, dict):
+            raise ValueError(f"{source or 'config'}: [{name}] must be a table, got {section!r}")
+        try:
+            check(section)
+        except ValueError as e:
+            raise ValueError(f"{source or 'config'}: {e}") from None
 
 
 def shipped_configs() -> list[str]:
@@ -50,13 +65,3 @@ def config_path(path: str | Path) -> Path:
     if p.suffix in ("", ".toml") and len(p.parts) == 1 and shipped.is_file():
         return shipped
     raise FileNotFoundError(f"no config file at {path}; " + unknown_name("shipped config", p.stem, shipped_configs()))
-
-
-def check_sections(cfg: ZooConfig, source: str | None = None) -> ZooConfig:
-    """``cfg`` itself once its ``[ensemble]``, ``[leaderboard]`` and ``[submission]`` sections pass their checks."""
-    for name, check in SECTION_CHECKS.items():
-        try:
-            check(getattr(cfg, name))
-        except ValueError as e:
-            raise ValueError(f"{source or 'config'}: {e}") from None
-    return cfg

@@ -269,9 +269,16 @@ def test_bad_cards(card, error, match):
         load_card(card)
 
 
-def test_unknown_card_name_suggests():
-    with pytest.raises(KeyError, match="did you mean 'isic2017'"):
+def test_unknown_card_name_suggests(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="did you mean 'isic2017'"):
         load_card("isic2016")
+    (tmp_path / "chest_xray").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"dataset 'chest_xary' is neither a shipped card .* nor an existing "
+                                                r"path .*did you mean 'chest_xray'\?"):
+        load_card("chest_xary")
+    with pytest.raises(FileNotFoundError, match=r"^dataset 'sub/chest_xray.csv' is neither a shipped card"):
+        load_card("sub/chest_xray.csv")
 
 
 def csv_set(tmp_path: Path, text: str, images=("a", "b", "c"), **card) -> dict:

@@ -104,7 +104,7 @@ def test_a_dataset_error_writes_no_config(tmp_path, capsys):
     config = tiny_config(tmp_path)
     config.write_text(config.read_text().replace(str(tmp_path / "tiny.toml"), str(tmp_path / "nowhere")))
     assert main(["train", str(config), "--results", str(tmp_path / "r")]) == 1
-    assert "nowhere does not exist" in capsys.readouterr().err
+    assert f"dataset '{tmp_path / 'nowhere'}' is neither a shipped card" in capsys.readouterr().err
     assert not (tmp_path / "r" / "tiny" / "config.json").exists()
 
 

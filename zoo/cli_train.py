@@ -51,11 +51,12 @@ def register(sub) -> None:
 
 def _train(args) -> int:
     from medzoo.config import load_config
-    from medzoo.zoo.distributed import env_info
-    from medzoo.zoo.train import train_zoo
 
     overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
     cfg = load_config(args.config, overrides)
+    from medzoo.zoo.distributed import env_info  # after the config check, so a typo fails before torch loads
+    from medzoo.zoo.train import train_zoo
+
     results = train_zoo(cfg, members=args.members, results_dir=args.results, extend=args.extend)
     if env_info().rank != 0:
         return 0

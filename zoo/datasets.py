@@ -8,6 +8,7 @@ split as ``uint8`` arrays at a training size, through the on-disk cache of :mod:
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import os
@@ -110,14 +111,22 @@ def load_card(source, overrides: Mapping | None = None) -> DatasetCard:
             raw.setdefault("name", path.stem)
         elif p.exists():
             raw = card_for_path(p)
-        elif p.suffix or os.sep in str(source):
-            raise FileNotFoundError(f"dataset card or data path {source} does not exist")
         else:
-            raise KeyError(unknown_name("dataset", source, known_cards()) +
-                           f" (cards live in {CARD_DIR}; a path to a .toml, folder, .csv or .npz works too)")
+            raise FileNotFoundError(_missing_dataset(p))
     if overrides:
         raw = _merge(raw, overrides)
     return _check_card(raw, path)
+
+
+def _missing_dataset(p: Path) -> str:
+    """The error for a dataset that is neither a shipped card nor an existing path, with the closest of both."""
+    folder = p.parent
+    nearby = sorted(e.name for e in folder.iterdir() if _visible(e)) if folder.is_dir() else []
+    close = difflib.get_close_matches(p.name, nearby + known_cards(), n=1)
+    hint = f"; did you mean {str(folder / close[0]) if close[0] in nearby else close[0]!r}?" if close else ""
+    return (f"dataset {str(p)!r} is neither a shipped card ({', '.join(known_cards())}) nor an existing path "
+            f"(relative paths start at {Path.cwd()}){hint} A card .toml, an image folder, a label .csv or a "
+            f".npz works")
 
 
 def _check_card(raw: dict, path: Path | None) -> DatasetCard:
