@@ -20,7 +20,7 @@ import torchvision
 from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
 from medzoo.benchmarks.submission import submit_run
 from medzoo.config import load_config
-from medzoo.ensemble.fileio import clean_stale_temps, write_json
+from medzoo.core.fileio import clean_stale_temps, write_json
 from medzoo.ensemble.run import build_ensembles
 from medzoo.zoo.check import check
 from medzoo.zoo.config import ZooConfig

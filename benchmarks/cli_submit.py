@@ -32,7 +32,7 @@ def _submit(args) -> int:
 
 def _score(args) -> int:
     from medzoo.benchmarks.scoring import score_submission
-    from medzoo.ensemble.fileio import write_json
+    from medzoo.core.fileio import write_json
     options = {"split": args.split} if args.split else {}
     scores = score_submission(args.submission, args.truth, args.format, **options)
     width = max(map(len, scores))

@@ -31,9 +31,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from medzoo.benchmarks import metrics
-from medzoo.zoo.config import read_run_config
-from medzoo.ensemble.fileio import write_text
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.rundir import RunDir
+from medzoo.core.fileio import write_text
+from medzoo.core.names import unknown_name
 from medzoo.ensemble.table import ProbabilityTable, align
 
 SOURCES = (("member", "predictions"), ("ensemble", "ensembles"))
@@ -105,7 +105,7 @@ def find_entries(run_dir: str | Path) -> tuple[list[Entry], list[str]]:
 
 def dataset_name(run_dir: str | Path, entries: list[Entry]) -> str | None:
     """The dataset card name: ``config.json``'s ``dataset``, else the first table's ``meta["dataset"]``."""
-    name = read_run_config(run_dir).get("dataset")
+    name = RunDir(run_dir).read_config().get("dataset")
     if name:
         return str(name)
     for e in entries:
@@ -378,7 +378,7 @@ def config_options(run_dir: str | Path, **overrides) -> dict:
     ``sensitivity``. Keys left out take :func:`collect`'s defaults.
     """
     try:
-        options = check_options(read_run_config(run_dir).get("leaderboard"))
+        options = check_options(RunDir(run_dir).read_config().get("leaderboard"))
     except ValueError as e:
         raise ValueError(f"{Path(run_dir) / 'config.json'}: {e}") from None
     given = {k: v for k, v in overrides.items() if v is not None}

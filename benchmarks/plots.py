@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medzoo.benchmarks import metrics
-from medzoo.ensemble.fileio import atomic_path
+from medzoo.core.fileio import atomic_path
 
 if TYPE_CHECKING:
     from medzoo.benchmarks.leaderboard import Board

@@ -35,7 +35,7 @@ from sklearn.metrics import roc_curve
 
 from medzoo.benchmarks.metrics import average_precision, macro_mean, roc_auc
 from medzoo.benchmarks.submission import SubmissionError, bare_id, get_format, read_submission
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.names import unknown_name
 
 SCORERS: dict[str, Callable] = {}
 ID_COLUMNS = ("image_name", "image_id", "image_path", "image", "index")

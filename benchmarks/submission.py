@@ -54,9 +54,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medzoo.zoo.config import read_run_config
-from medzoo.ensemble.fileio import atomic_path
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.rundir import RunDir
+from medzoo.core.fileio import atomic_path
+from medzoo.core.names import unknown_name
 from medzoo.ensemble.table import ProbabilityTable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".npy")
@@ -587,7 +587,7 @@ def entry_table_path(run_dir: str | Path, entry: str, kind: str | None = None, s
 def run_submission_options(run_dir: str | Path) -> dict:
     """The ``[submission]`` section of the run's ``config.json`` (``format``, ``entry`` and format options), checked."""
     try:
-        return check_options(read_run_config(run_dir).get("submission"))
+        return check_options(RunDir(run_dir).read_config().get("submission"))
     except SubmissionError as e:
         raise SubmissionError(f"{Path(run_dir) / 'config.json'}: {e}") from None
 
@@ -679,7 +679,7 @@ def submit_run(run_dir: str | Path, format: str | None = None, *, entry: str | N
     if out:
         path = Path(out)
     else:
-        run_config = read_run_config(run_dir)
+        run_config = RunDir(run_dir).read_config()
         dataset = card.name if card is not None else run_config.get("dataset") or table.meta.get("dataset")
         data_file = str(card.raw.get("file") or "") if card is not None else ""
         path = run_dir / "submissions" / submission_file_name(
@@ -693,7 +693,7 @@ def submit_run(run_dir: str | Path, format: str | None = None, *, entry: str | N
 
 def _card(run_dir: Path) -> tuple[object | None, str | None]:
     """``(dataset card, None)`` of the run's dataset, or ``(None, why there is none)``."""
-    dataset = read_run_config(run_dir).get("dataset")
+    dataset = RunDir(run_dir).read_config().get("dataset")
     if dataset is None:
         return None, f"{run_dir / 'config.json'} names no dataset"
     try:
@@ -704,7 +704,7 @@ def _card(run_dir: Path) -> tuple[object | None, str | None]:
 
 
 def _dataset_test_ids(run_dir: Path) -> tuple[list[str] | None, str]:
-    config = read_run_config(run_dir)
+    config = RunDir(run_dir).read_config()
     dataset = config.get("dataset")
     if dataset is None:
         return None, f"not checked against a test list: {run_dir}/config.json names no dataset"

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from medzoo.ensemble.auc import auc, class_aucs, midranks
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.names import unknown_name
 
 DEFAULT_TEMPERATURE = 125.0
 DEFAULT_THRESHOLD = 0.5

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from medzoo.ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, normalise_weights,
                                   softmax_auc_weights, validation_aucs)
 from medzoo.ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.names import unknown_name
 from medzoo.ensemble.table import ProbabilityTable, align
 
 MAX_SUBSET_MEMBERS = 16

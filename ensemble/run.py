@@ -26,7 +26,7 @@ from tqdm import tqdm
 from medzoo.ensemble.aggregators import normalise_weights
 from medzoo.ensemble.auc import auc
 from medzoo.ensemble.combiners import COMBINERS, make_method, method_names
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.names import unknown_name
 from medzoo.ensemble.table import ProbabilityTable, TableError, align, sidecar_path
 
 CONFIG_KEYS = ("methods", "members", "temperature", "threshold", "weights", "seed", "greedy", "stacking", "subset_search")

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medzoo.ensemble.fileio import atomic_path, write_json
+from medzoo.core.fileio import atomic_path, write_json
 
 FIXED_COLUMNS = ("image_id", "label")
 ROW_SUM_TOLERANCE = 1e-3

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medzoo.benchmarks import leaderboard, submission
 from medzoo.ensemble import run as ensemble_run
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.names import unknown_name
 from medzoo.zoo.config import ZooConfig, parse_config
 from medzoo.zoo.tomlfile import read_toml
 

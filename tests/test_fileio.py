@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from medzoo.ensemble.fileio import TEMP_PATTERN, atomic_path, clean_stale_temps, write_json, write_text
+from medzoo.core.fileio import TEMP_PATTERN, atomic_path, clean_stale_temps, write_json, write_text
 
 
 def strict_loads(text: str):
@@ -54,7 +54,7 @@ def test_atomic_path_writes_through_a_marked_temp_file_and_leaves_nothing(tmp_pa
 def test_a_killed_write_leaves_a_temp_file_that_clean_stale_temps_removes(tmp_path):
     target = tmp_path / "last.pt"
     write_text(target, "previous")
-    code = ("import os, signal, sys; from medzoo.ensemble.fileio import atomic_path\n"
+    code = ("import os, signal, sys; from medzoo.core.fileio import atomic_path\n"
             "with atomic_path(sys.argv[1]) as tmp:\n"
             "    tmp.write_text('partial')\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")

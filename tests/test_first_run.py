@@ -15,7 +15,7 @@ import pytest
 from medzoo.benchmarks.bench import read_stage_history
 from medzoo.benchmarks.cli import main
 from medzoo.config import config_path, load_config
-from medzoo.ensemble.fileio import TEMP_SUFFIX
+from medzoo.core.fileio import TEMP_SUFFIX
 from medzoo.zoo.config import config_differences, read_config
 from tests.images import write_class_tree
 from tests.test_train import tiny_config

@@ -1,4 +1,4 @@
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.names import unknown_name
 
 
 def test_unknown_name_suggests_the_closest_and_lists_the_known():

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medzoo.ensemble.fileio import atomic_path
+from medzoo.core.fileio import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 CACHE_VERSION = 2

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medzoo.ensemble.fileio import atomic_path
+from medzoo.core.fileio import atomic_path
 
 FORMAT = "medzoo-checkpoint"
 NUMPY_RNG_GLOBALS = (np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType)

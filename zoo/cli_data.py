@@ -85,7 +85,7 @@ def plot_counts(dataset, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from medzoo.ensemble.fileio import atomic_path
+    from medzoo.core.fileio import atomic_path
 
     counts = np.stack([dataset.class_counts(s) for s in dataset.splits])
     names = [*dataset.classes, "unlabeled"]

@@ -23,13 +23,12 @@ job may take over a member) are top-level keys.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from medzoo.ensemble.fileio import write_json
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.fileio import write_json
+from medzoo.core.names import unknown_name
 from medzoo.zoo.tomlfile import read_toml
 
 CHOICES = {
@@ -245,25 +244,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
-
-
-def save_config(cfg: ZooConfig, run_dir: str | Path) -> Path:
-    """Write the resolved config to ``run_dir/config.json`` (atomically)."""
-    return write_json(Path(run_dir) / "config.json", cfg.to_dict())
-
-
-def read_run_config(run_dir: str | Path) -> dict:
-    """``RUN_DIR/config.json`` as a dict; ``{}`` when the run has none. Invalid JSON raises naming the file."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    return config
 
 
 def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberConfig:

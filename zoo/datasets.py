@@ -22,8 +22,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from medzoo.ensemble.fileio import atomic_path
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.fileio import atomic_path
+from medzoo.core.names import unknown_name
 from medzoo.data import CARD_DIR
 from medzoo.zoo.cache import IMAGE_EXTENSIONS, cached_images, load_images, resize_array, user_cache_dir
 from medzoo.zoo.splits import (SPLIT_ALIASES, SPLIT_NAMES, check_ratios, read_split_csv, split_name, stratified_folds,

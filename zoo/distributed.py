@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from medzoo.ensemble.fileio import write_json
+from medzoo.core.fileio import write_json
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionAux, InceptionB, InceptionC
 from torchvision.models.inception import InceptionD, InceptionE
 
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.names import unknown_name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

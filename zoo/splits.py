@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from medzoo.ensemble.fileio import atomic_path
-from medzoo.ensemble.names import unknown_name
+from medzoo.core.fileio import atomic_path
+from medzoo.core.names import unknown_name
 
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_ALIASES = {"training": "train", "valid": "val", "validation": "val", "testing": "test"}

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medzoo.ensemble.fileio import clean_stale_temps, write_json, write_text
+from medzoo.core.fileio import clean_stale_temps, write_json, write_text
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo import distributed
 from medzoo.zoo.checkpoint import file_sha256, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from medzoo.zoo.config import (MemberConfig, TrainConfig, ZooConfig, config_differences, read_run_config,
-                               save_config)
+from medzoo.core.rundir import RunDir
+from medzoo.zoo.config import MemberConfig, TrainConfig, ZooConfig, config_differences
 from medzoo.zoo.datasets import known_cards, load_arrays, open_dataset, resolve_data_root
 from medzoo.zoo.predict import predict_probs, tta_flips
 
@@ -233,7 +233,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from medzoo.ensemble.fileio import atomic_path
+    from medzoo.core.fileio import atomic_path
 
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -586,7 +586,7 @@ def resolve_run(cfg: ZooConfig, run_dir: Path, *, extend: bool = False) -> ZooCo
     """
     root = str(resolve_data_root(cfg.data_root).resolve())
     resolved = replace(cfg, data_root=root, dataset=_dataset_reference(cfg.dataset))
-    recorded = read_run_config(run_dir)
+    recorded = RunDir(run_dir).read_config()
     if recorded and not extend:
         diffs = config_differences(recorded, resolved.to_dict())
         if diffs:
@@ -608,7 +608,7 @@ def record_run(cfg: ZooConfig, run_dir: Path, *, extend: bool = False, log: Call
     resolved = resolve_run(cfg, run_dir, extend=extend)
     ds = open_dataset(resolved.dataset, data_root=resolved.data_root)
     check_trainable(ds)
-    save_config(resolved, run_dir)
+    RunDir(run_dir).write_config(resolved.to_dict())
     if ds.made is not None:
         path = ds.write_splits(run_dir / "splits" / f"{ds.name}.csv")
         announce = ds.describe_made()
@@ -639,7 +639,7 @@ def status(run_dir: str | Path) -> list[dict]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run folder at {run_dir}")
-    cfg = read_run_config(run_dir)
+    cfg = RunDir(run_dir).read_config()
     models = {m["id"]: m["model"] for m in cfg.get("members", [])}
     timeout = float(cfg.get("claim_timeout", 600.0))
     found = sorted(p.name for p in (run_dir / "members").glob("*") if p.is_dir()) if (run_dir / "members").is_dir() else []
