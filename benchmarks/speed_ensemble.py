@@ -23,8 +23,9 @@ import os
 import time
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
-from medzoo.ensemble.aggregators import AGGREGATORS, validation_aucs
+from medzoo.ensemble.aggregators import AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, validation_aucs
 from medzoo.ensemble.combiners import SubsetSearch, all_subsets, subset_aucs
 from medzoo.ensemble.table import ProbabilityTable
 
@@ -39,9 +40,11 @@ def make_members(m: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def params_for(name: str, probs: np.ndarray, aucs: np.ndarray) -> dict:
-    if name == "weighted_mean":
+    """The inputs an aggregator needs beyond ``probs``, read off its registry metadata."""
+    entry = AGGREGATORS[name]
+    if entry.get("weighted"):
         return {"weights": np.arange(1, probs.shape[0] + 1, dtype=float)}
-    if name == "softmax_auc":
+    if entry.get("needs_aucs"):
         return {"aucs": aucs}
     return {}
 
@@ -84,14 +87,21 @@ def main(argv=None) -> None:
     ap.add_argument("--baseline-subsets", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    m = args.members
     print(f"cpus {os.cpu_count()}, load average at start {os.getloadavg()[0]:.2f} (other jobs share this machine)")
+    time_aggregators(args)
+    time_subset_search(args)
+    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
+
+def time_aggregators(args) -> None:
+    """(a) every aggregator vectorised, and (b) the per-image Python baseline, scaled to the same size."""
+    m = args.members
     probs, y = make_members(m, args.images, args.seed)
     aucs = validation_aucs(*make_members(m, 20_000, args.seed + 1))
     print(f"\n(a) aggregators on {args.images:,} images x {m} members x 2 classes (target < 1 s each)")
     times = {}
-    for name, agg in AGGREGATORS.items():
+    for name in AGGREGATORS.names():
+        agg = get_aggregator(name)
         times[name], _ = timed(lambda: agg(probs, **params_for(name, probs, aucs)))
         print(f"  {name:20s} {times[name]:7.3f} s (cpu {CPU['last']:6.3f} s)  {'ok' if times[name] < 1 else 'OVER TARGET'}")
 
@@ -104,14 +114,18 @@ def main(argv=None) -> None:
     print(f"\n(b) per-image Python with dicts keyed by image id, timed on {nb:,} images, scaled x{scale:g} "
           f"to {args.images:,} (target >= 50x)")
     t_mean, out_mean = timed(lambda: python_mean(preds, ids, names, 2))
-    t_soft, out_soft = timed(lambda: python_softmax_auc(preds, ids, names, auc_by_member, 2, 125.0))
-    check_mean = np.abs(np.array([out_mean[i] for i in ids]) - AGGREGATORS["mean"](probs[:, :nb])).max()
-    check_soft = np.abs(np.array([out_soft[i] for i in ids]) - AGGREGATORS["softmax_auc"](probs[:, :nb], aucs=aucs)).max()
+    t_soft, out_soft = timed(lambda: python_softmax_auc(preds, ids, names, auc_by_member, 2, DEFAULT_TEMPERATURE))
+    check_mean = np.abs(np.array([out_mean[i] for i in ids]) - get_aggregator("mean")(probs[:, :nb])).max()
+    check_soft = np.abs(np.array([out_soft[i] for i in ids]) - get_aggregator("softmax_auc")(probs[:, :nb], aucs=aucs)).max()
     for label, t, name, diff in (("mean", t_mean, "mean", check_mean), ("softmax-AUC", t_soft, "softmax_auc", check_soft)):
         print(f"  {label:12s} python {t:7.3f} s on {nb:,} -> {t * scale:7.2f} s at {args.images:,};  "
               f"vectorised {times[name]:.3f} s;  ratio {t * scale / times[name]:6.1f}x  (max |diff| {diff:.1e})")
-    del probs, preds
 
+
+def time_subset_search(args) -> None:
+    """(c) the exhaustive subset search, and (d) a numpy + sklearn loop over subsets, scaled to all of them."""
+    m = args.members
+    names = [f"m{j}" for j in range(m)]
     vprobs, vy = make_members(m, args.val_images, args.seed + 2)
     vids = [str(i) for i in range(args.val_images)]
     tables = [ProbabilityTable(vids, ["neg", "pos"], vprobs[j], vy, {"member": names[j], "split": "val"})
@@ -122,17 +136,15 @@ def main(argv=None) -> None:
     print(f"\n(c) subset search: {len(masks)} subsets x default aggregators on {args.val_images:,} validation images "
           f"(target < 10 s; one search, without the K refits of its out-of-fold validation score)")
     t_search, _ = timed(lambda: search.fit(tables))
-    n_aggs = len(search.info["best_val_auc_per_aggregator"])
-    print(f"  SubsetSearch.fit       {t_search:7.3f} s (cpu {CPU['last']:6.3f} s)  ({search.info['subsets_scored']} (aggregator, subset) pairs, "
-          f"{search.info['exact_aucs']} scored exactly)  {'ok' if t_search < 10 else 'OVER TARGET'}")
-    print(f"  best: {search.info['aggregator']} of {search.info['selected']}, val AUC {search.info['top'][0]['val_auc']:.6f}")
+    n_aggs = len(search.info_["best_val_auc_per_aggregator"])
+    print(f"  SubsetSearch.fit       {t_search:7.3f} s (cpu {CPU['last']:6.3f} s)  ({search.info_['subsets_scored']} (aggregator, subset) pairs, "
+          f"{search.info_['exact_aucs']} scored exactly)  {'ok' if t_search < 10 else 'OVER TARGET'}")
+    print(f"  best: {search.info_['aggregator']} of {search.info_['selected']}, val AUC {search.info_['top'][0]['val_auc']:.6f}")
     vaucs = validation_aucs(vprobs, vy)
-    for name in search.info["best_val_auc_per_aggregator"]:
-        extra = {"aucs": vaucs} if name == "softmax_auc" else {}
+    for name in search.info_["best_val_auc_per_aggregator"]:
+        extra = {"aucs": vaucs} if AGGREGATORS[name].get("needs_aucs") else {}
         t_pass, _ = timed(lambda: subset_aucs(vprobs, vy, name, masks, bounds=True, **extra))
         print(f"    bounds pass alone, {name:20s} {t_pass:6.3f} s (cpu {CPU['last']:6.3f} s) for {len(masks)} subsets")
-
-    from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(args.seed)
     sample = masks[rng.choice(len(masks), min(args.baseline_subsets, len(masks)), replace=False)]
@@ -147,7 +159,6 @@ def main(argv=None) -> None:
     print(f"  all aggregators:  loop {per_subset * len(masks) * n_aggs:7.2f} s for {len(masks)} x {n_aggs} "
           f"(scaled);  SubsetSearch.fit {t_search:.3f} s;  ratio {per_subset * len(masks) * n_aggs / t_search:6.1f}x")
     print(f"  exact subset AUCs vs sklearn on the sample: max |diff| {np.abs(ours - np.array(sk)).max():.1e}")
-    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,25 @@
 """Aggregators: pure, vectorised ``probs [M, N, C] -> probs [N, C]`` over M members, N images, C classes.
 
-Every aggregator lives in the one registry :data:`AGGREGATORS`, filled by :func:`register`.
-Most are *pooled*: a per-member transform of the probabilities (features ``[M, N, F]``), a
-weighted mean over members, and a finishing map back to ``[N, C]``. Written that way, the
-same aggregator is evaluated over thousands of member subsets with one matrix product
-(:meth:`Aggregator.over_subsets`), which is what the exhaustive subset search runs on.
+Every aggregator is one function registered in :data:`AGGREGATORS` (``@AGGREGATORS.register(name, **meta)``);
+its first parameter is ``probs``, the others are its parameters, with their defaults in the signature.
+Most are *pooled*: the function returns :class:`Parts`, a per-member transform of the probabilities
+(features ``[M, N, F]``), a weighted mean over members, and a finishing map back to ``[N, C]``.
+Written that way, the same aggregator is evaluated over thousands of member subsets with one
+matrix product (:meth:`Aggregator.over_subsets`), which is what the exhaustive subset search
+runs on. The others return ``[N, C]`` and name a ``subsets`` function in their metadata.
+
+Metadata an entry may set (everything that lists, builds or checks methods reads it from here):
+
+* ``subsets``: ``subsets(probs [M, N, C], columns, **params)`` -> ``masks [S, M] -> [S, N, len(columns)]``,
+  for an aggregator that is not pooled.
+* ``default``: in the default method list.
+* ``weighted``: needs the user's member ``weights``; left out of the defaults when none are given,
+  and of the subset search (it has no weights to search with).
+* ``needs_aucs``: learns its ``aucs`` parameter (the members' validation AUCs) when fitted, so it
+  needs validation labels and its validation score is in-sample.
+* ``binary_only``: for two-class tasks only.
+* ``linear``: its output is the weighted mean of the members' probabilities with the weights in its
+  :class:`Parts` (they go in the ensemble's sidecar).
 
 A single member is returned unchanged by every aggregator. For most that is what the
 formula gives anyway; for the vote-based ones and ``rank_mean`` (whose output for one
@@ -19,13 +34,15 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from medzoo.core.registry import Entry, Registry
 from medzoo.ensemble.auc import auc, class_aucs, midranks
-from medzoo.core.names import unknown_name
 
 DEFAULT_TEMPERATURE = 125.0
 DEFAULT_THRESHOLD = 0.5
 TIE_TOLERANCE = 1e-9
 POOL_BLOCK_ELEMENTS = 1 << 18
+
+AGGREGATORS = Registry("aggregator")
 
 
 class Parts(NamedTuple):
@@ -44,18 +61,29 @@ class Parts(NamedTuple):
 
 @dataclass(frozen=True)
 class Aggregator:
-    """A registered aggregator. Call it as ``agg(probs, **params)`` -> ``[N, C]``.
+    """A registered aggregator, ready to call: ``agg(probs, **params)`` -> ``[N, C]``.
 
-    pooled: ``fn(probs, **params)`` returns :class:`Parts`; otherwise it returns ``[N, C]``
-    and ``subsets(probs, columns, **params)`` returns a function ``masks [S, M] -> [S, N, len(columns)]``.
+    fn: the registered function. subsets: its ``subsets`` metadata (``None``: pooled, ``fn``
+    returns :class:`Parts`). params: ``{parameter: default}`` from ``fn``'s signature, ``probs``
+    left out (``inspect.Parameter.empty`` where there is no default). linear: its ``linear`` metadata.
     """
 
     name: str
     fn: Callable
-    pooled: bool
     subsets: Callable | None
-    params: tuple[str, ...]
-    doc: str
+    params: dict
+    linear: bool
+
+    @classmethod
+    def of(cls, entry: Entry) -> "Aggregator":
+        """The aggregator of a registry entry."""
+        params = list(inspect.signature(entry.target).parameters.values())[1:]
+        return cls(entry.name, entry.target, entry.get("subsets"), {p.name: p.default for p in params},
+                   bool(entry.get("linear")))
+
+    @property
+    def pooled(self) -> bool:
+        return self.subsets is None
 
     def __call__(self, probs: np.ndarray, **params) -> np.ndarray:
         probs = check_probs(probs)
@@ -65,6 +93,18 @@ class Aggregator:
         else:
             out = self.fn(probs, **params)
         return probs[0].copy() if probs.shape[0] == 1 else out
+
+    def member_weights(self, m: int, c: int, **params) -> np.ndarray | None:
+        """Member weights ``[M]`` or ``[M, C]`` of a ``linear`` aggregator (equal: ``1 / M`` each); ``None`` otherwise.
+
+        A linear aggregator's weights do not depend on the probabilities, so they are read from
+        its :class:`Parts` for a placeholder ``[M, 1, C]`` input.
+        """
+        if not self.linear:
+            return None
+        self._check_params(params)
+        weights = self.fn(np.zeros((m, 1, c)), **params).weights
+        return np.full(m, 1 / m) if weights is None else weights
 
     def over_subsets(self, probs: np.ndarray, masks: np.ndarray, **params) -> np.ndarray:
         """Outputs ``[S, N, C]`` for member subsets ``masks`` ``[S, M]`` (bool; row s = members in subset s)."""
@@ -110,28 +150,9 @@ class Aggregator:
                              f"allowed: {list(self.params) or 'none'}")
 
 
-AGGREGATORS: dict[str, Aggregator] = {}
-
-
-def register(name: str, *, pooled: bool = True, subsets: Callable | None = None):
-    """Decorator adding an aggregator to :data:`AGGREGATORS`; a duplicate name raises."""
-    def deco(fn):
-        if name in AGGREGATORS:
-            raise ValueError(f"aggregator {name!r} is already registered")
-        if not pooled and subsets is None:
-            raise ValueError(f"aggregator {name!r} is not pooled, so it needs a subsets function")
-        params = tuple(inspect.signature(fn).parameters)[1:]
-        agg = Aggregator(name, fn, pooled, subsets, params, inspect.getdoc(fn) or "")
-        AGGREGATORS[name] = agg
-        return agg
-    return deco
-
-
 def get_aggregator(name: str) -> Aggregator:
     """The registered aggregator ``name``; an unknown name raises with the closest match."""
-    if name not in AGGREGATORS:
-        raise ValueError(unknown_name("aggregator", name, AGGREGATORS))
-    return AGGREGATORS[name]
+    return Aggregator.of(AGGREGATORS[name])
 
 
 def aggregate(name: str, probs: np.ndarray, **params) -> np.ndarray:
@@ -226,123 +247,16 @@ def _positive_votes(probs: np.ndarray, threshold, name: str) -> np.ndarray:
     return (probs[:, :, 1] >= _thresholds(threshold, probs.shape[0])).astype(np.float64)
 
 
-@register("mean")
+@AGGREGATORS.register("mean", default=True, linear=True)
 def mean(probs: np.ndarray) -> Parts:
     """Plain mean over members: ``[M, N, C] -> [N, C]``."""
     return Parts(probs, None, None)
 
 
-@register("weighted_mean")
+@AGGREGATORS.register("weighted_mean", default=True, weighted=True, linear=True)
 def weighted_mean(probs: np.ndarray, weights) -> Parts:
     """Weighted mean, weights ``[M]`` per member or ``[M, C]`` per member and class, normalised over members."""
     return Parts(probs, normalise_weights(weights, probs.shape[0], probs.shape[2]), None)
-
-
-@register("geometric_mean")
-def geometric_mean(probs: np.ndarray) -> Parts:
-    """Geometric mean over members per class, renormalised so each row sums to 1.
-
-    Probabilities are floored at the smallest positive float before the log, so a zero from
-    one member drives the class towards 0 without erasing the order between images.
-    """
-    return Parts(np.log(np.maximum(probs, np.finfo(np.float64).tiny)), None, _exp_normalise)
-
-
-def _exp_normalise(logs: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-    """Softmax over the last axis, ``columns`` of it; for two classes the same numbers from one exp per row."""
-    if logs.shape[-1] == 2:
-        d = logs[..., 1] - logs[..., 0]
-        e = np.exp(-np.abs(d))
-        q = 1 / (1 + e)
-        eq = e * q
-        up = d >= 0
-        return np.stack([np.where(up, q, eq) if j else np.where(up, eq, q)
-                         for j in (range(2) if columns is None else columns)], axis=-1)
-    e = np.exp(logs - logs.max(axis=-1, keepdims=True))
-    out = e / e.sum(axis=-1, keepdims=True)
-    return out if columns is None else out[..., columns]
-
-
-@register("rank_mean")
-def rank_mean(probs: np.ndarray) -> Parts:
-    """Mean over members of per-class ranks scaled to [0, 1]: ``(rank - 1) / (N - 1)``, ties averaged.
-
-    Ranks are taken over the images of the table being aggregated (0.5 when N = 1). Two
-    classes: the positive column is ranked and the negative column is ``1 - `` it, so rows
-    sum to 1. More classes: every column is ranked on its own; rows need not sum to 1.
-    """
-    m, n, c = probs.shape
-    cols = probs[:, :, 1:2] if c == 2 else probs
-    rows = cols.transpose(0, 2, 1).reshape(-1, n)
-    scaled = (midranks(rows) - 1) / (n - 1) if n > 1 else np.full(rows.shape, 0.5)
-    ranks = scaled.reshape(m, cols.shape[2], n).transpose(0, 2, 1)
-    return Parts(ranks, None, _with_complement if c == 2 else None)
-
-
-def _with_complement(pooled: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-    """``[..., N, 1]`` positive-class scores -> ``[..., N, 2]`` as ``[1 - p, p]`` (``columns`` of it)."""
-    p = pooled[..., 0]
-    return np.stack([p if j == 1 else 1 - p for j in (range(2) if columns is None else columns)], axis=-1)
-
-
-@register("majority_vote")
-def majority_vote(probs: np.ndarray, threshold=None) -> Parts:
-    """Vote fraction per class: the share of members voting for each class (a score, never one-hot).
-
-    Two classes: a member votes positive when ``p[1] >= threshold`` (default 0.5; one number
-    or one per member), so output ``[:, 1]`` is the fraction of positive votes. More classes:
-    a member votes for its argmax (ties go to the lowest class index); ``threshold`` is not
-    allowed.
-    """
-    if probs.shape[2] == 2:
-        v = _positive_votes(probs, threshold, "majority_vote")
-        return Parts(np.stack([1 - v, v], axis=2), None, None)
-    if threshold is not None:
-        raise ValueError(f"majority_vote takes a threshold only for two classes; got {probs.shape[2]} classes "
-                         f"(each member votes for its argmax)")
-    return Parts(np.eye(probs.shape[2])[probs.argmax(axis=2)], None, None)
-
-
-@register("majority_vote_mean")
-def majority_vote_mean(probs: np.ndarray, threshold=None) -> Parts:
-    """The seed tutorial's two-class vote: mean probability of the members on the winning side.
-
-    Each member votes positive when ``p[1] >= threshold`` (default 0.5; one number or one per
-    member). If more members vote positive, ``p[1]`` is the mean ``p[1]`` of the positive
-    voters; if more vote negative, the mean ``p[1]`` of the negative voters. Tie (an even
-    split): the mean ``p[1]`` of all members. Output rows are ``[1 - p, p]``.
-    """
-    v = _positive_votes(probs, threshold, "majority_vote_mean")
-    p = probs[:, :, 1]
-    return Parts(np.stack([v, v * p, p], axis=2), None, _winning_side)
-
-
-def _winning_side(pooled: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-    """``[..., N, 3]`` pooled (positive vote share, mean of p * vote, mean p) -> ``[..., N, 2]``.
-
-    The negative side's share and p sum are the complements ``1 - pos`` and ``all_p - pos_p``.
-    """
-    pos, pos_p, all_p = np.moveaxis(pooled, -1, 0)
-    margin = 2 * pos - 1
-    p = all_p.copy()
-    np.divide(pos_p, pos, out=p, where=margin > TIE_TOLERANCE)
-    np.divide(all_p - pos_p, 1 - pos, out=p, where=margin < -TIE_TOLERANCE)
-    np.clip(p, 0, 1, out=p)
-    return np.stack([p if j == 1 else 1 - p for j in (range(2) if columns is None else columns)], axis=-1)
-
-
-@register("softmax_auc")
-def softmax_auc(probs: np.ndarray, aucs, temperature: float = DEFAULT_TEMPERATURE) -> Parts:
-    """Weighted mean with weights ``softmax(temperature * aucs)`` over members.
-
-    ``aucs``: validation AUCs, ``[M]`` (one per member; two classes) or ``[M, C]`` (per-class
-    one-vs-rest AUCs, giving per-class weights). See :func:`validation_aucs`.
-    """
-    a = np.asarray(aucs, dtype=np.float64)
-    if a.shape not in ((probs.shape[0],), probs.shape[::2]):
-        raise ValueError(f"got aucs of shape {a.shape}; expected [{probs.shape[0]}] or [{probs.shape[0]}, {probs.shape[2]}] "
-                         f"for {probs.shape[0]} members and {probs.shape[2]} classes")
-    return Parts(probs, softmax_auc_weights(a, temperature), None)
 
 
 def _median_subsets(probs: np.ndarray, columns: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -387,7 +301,114 @@ def _median_subsets(probs: np.ndarray, columns: np.ndarray) -> Callable[[np.ndar
     return run
 
 
-@register("median", pooled=False, subsets=_median_subsets)
+@AGGREGATORS.register("median", default=True, subsets=_median_subsets)
 def median(probs: np.ndarray) -> np.ndarray:
     """Per-class median over members (mean of the two middle values for an even count); rows need not sum to 1."""
     return np.median(probs, axis=0)
+
+
+@AGGREGATORS.register("geometric_mean", default=True)
+def geometric_mean(probs: np.ndarray) -> Parts:
+    """Geometric mean over members per class, renormalised so each row sums to 1.
+
+    Probabilities are floored at the smallest positive float before the log, so a zero from
+    one member drives the class towards 0 without erasing the order between images.
+    """
+    return Parts(np.log(np.maximum(probs, np.finfo(np.float64).tiny)), None, _exp_normalise)
+
+
+def _exp_normalise(logs: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis, ``columns`` of it; for two classes the same numbers from one exp per row."""
+    if logs.shape[-1] == 2:
+        d = logs[..., 1] - logs[..., 0]
+        e = np.exp(-np.abs(d))
+        q = 1 / (1 + e)
+        eq = e * q
+        up = d >= 0
+        return np.stack([np.where(up, q, eq) if j else np.where(up, eq, q)
+                         for j in (range(2) if columns is None else columns)], axis=-1)
+    e = np.exp(logs - logs.max(axis=-1, keepdims=True))
+    out = e / e.sum(axis=-1, keepdims=True)
+    return out if columns is None else out[..., columns]
+
+
+@AGGREGATORS.register("rank_mean", default=True)
+def rank_mean(probs: np.ndarray) -> Parts:
+    """Mean over members of per-class ranks scaled to [0, 1]: ``(rank - 1) / (N - 1)``, ties averaged.
+
+    Ranks are taken over the images of the table being aggregated (0.5 when N = 1). Two
+    classes: the positive column is ranked and the negative column is ``1 - `` it, so rows
+    sum to 1. More classes: every column is ranked on its own; rows need not sum to 1.
+    """
+    m, n, c = probs.shape
+    cols = probs[:, :, 1:2] if c == 2 else probs
+    rows = cols.transpose(0, 2, 1).reshape(-1, n)
+    scaled = (midranks(rows) - 1) / (n - 1) if n > 1 else np.full(rows.shape, 0.5)
+    ranks = scaled.reshape(m, cols.shape[2], n).transpose(0, 2, 1)
+    return Parts(ranks, None, _with_complement if c == 2 else None)
+
+
+def _with_complement(pooled: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """``[..., N, 1]`` positive-class scores -> ``[..., N, 2]`` as ``[1 - p, p]`` (``columns`` of it)."""
+    p = pooled[..., 0]
+    return np.stack([p if j == 1 else 1 - p for j in (range(2) if columns is None else columns)], axis=-1)
+
+
+@AGGREGATORS.register("majority_vote", default=True)
+def majority_vote(probs: np.ndarray, threshold=None) -> Parts:
+    """Vote fraction per class: the share of members voting for each class (a score, never one-hot).
+
+    Two classes: a member votes positive when ``p[1] >= threshold`` (default 0.5; one number
+    or one per member), so output ``[:, 1]`` is the fraction of positive votes. More classes:
+    a member votes for its argmax (ties go to the lowest class index); ``threshold`` is not
+    allowed.
+    """
+    if probs.shape[2] == 2:
+        v = _positive_votes(probs, threshold, "majority_vote")
+        return Parts(np.stack([1 - v, v], axis=2), None, None)
+    if threshold is not None:
+        raise ValueError(f"majority_vote takes a threshold only for two classes; got {probs.shape[2]} classes "
+                         f"(each member votes for its argmax)")
+    return Parts(np.eye(probs.shape[2])[probs.argmax(axis=2)], None, None)
+
+
+@AGGREGATORS.register("majority_vote_mean", default=True, binary_only=True)
+def majority_vote_mean(probs: np.ndarray, threshold=None) -> Parts:
+    """The seed tutorial's two-class vote: mean probability of the members on the winning side.
+
+    Each member votes positive when ``p[1] >= threshold`` (default 0.5; one number or one per
+    member). If more members vote positive, ``p[1]`` is the mean ``p[1]`` of the positive
+    voters; if more vote negative, the mean ``p[1]`` of the negative voters. Tie (an even
+    split): the mean ``p[1]`` of all members. Output rows are ``[1 - p, p]``.
+    """
+    v = _positive_votes(probs, threshold, "majority_vote_mean")
+    p = probs[:, :, 1]
+    return Parts(np.stack([v, v * p, p], axis=2), None, _winning_side)
+
+
+def _winning_side(pooled: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """``[..., N, 3]`` pooled (positive vote share, mean of p * vote, mean p) -> ``[..., N, 2]``.
+
+    The negative side's share and p sum are the complements ``1 - pos`` and ``all_p - pos_p``.
+    """
+    pos, pos_p, all_p = np.moveaxis(pooled, -1, 0)
+    margin = 2 * pos - 1
+    p = all_p.copy()
+    np.divide(pos_p, pos, out=p, where=margin > TIE_TOLERANCE)
+    np.divide(all_p - pos_p, 1 - pos, out=p, where=margin < -TIE_TOLERANCE)
+    np.clip(p, 0, 1, out=p)
+    return np.stack([p if j == 1 else 1 - p for j in (range(2) if columns is None else columns)], axis=-1)
+
+
+@AGGREGATORS.register("softmax_auc", default=True, needs_aucs=True, linear=True)
+def softmax_auc(probs: np.ndarray, aucs, temperature: float = DEFAULT_TEMPERATURE) -> Parts:
+    """Weighted mean with weights ``softmax(temperature * aucs)`` over members.
+
+    ``aucs``: validation AUCs, ``[M]`` (one per member; two classes) or ``[M, C]`` (per-class
+    one-vs-rest AUCs, giving per-class weights). See :func:`validation_aucs`.
+    """
+    a = np.asarray(aucs, dtype=np.float64)
+    if a.shape not in ((probs.shape[0],), probs.shape[::2]):
+        raise ValueError(f"got aucs of shape {a.shape}; expected [{probs.shape[0]}] or [{probs.shape[0]}, {probs.shape[2]}] "
+                         f"for {probs.shape[0]} members and {probs.shape[2]} classes")
+    return Parts(probs, softmax_auc_weights(a, temperature), None)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medzoo.ensemble.aggregators import AGGREGATORS
+from medzoo.ensemble.combiners import COMBINERS, method_params
+
 
 def register(sub) -> None:
     """Add the ``ensemble`` command to the ``medzoo`` subparsers."""
@@ -16,12 +19,18 @@ def register(sub) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory, e.g. results/pneumoniamnist")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
-                   help="methods to build (default: all that apply); aggregators: mean, weighted_mean, median, "
-                        "geometric_mean, rank_mean, majority_vote, majority_vote_mean, softmax_auc; "
-                        "learned: greedy, stacking, subset_search")
-    p.add_argument("--temperature", type=float, metavar="T",
-                   help="softmax_auc temperature: weights = softmax(T * val AUC) (default 125)")
+                   help=f"methods to build (default: all that apply); aggregators: {', '.join(AGGREGATORS.names())}; "
+                        f"learned: {', '.join(COMBINERS.names())}")
+    p.add_argument("--temperature", type=float, metavar="T", help=_temperature_help())
     p.set_defaults(func=run)
+
+
+def _temperature_help() -> str:
+    """``--temperature`` help: the aggregators that take a temperature, and its default from their signatures."""
+    takes = {name: method_params(name)["temperature"] for name in AGGREGATORS.names()
+             if "temperature" in method_params(name)}
+    defaults = ", ".join(dict.fromkeys(f"{t:g}" for t in takes.values()))
+    return f"{', '.join(takes)} temperature: weights = softmax(T * val AUC) (default {defaults})"
 
 
 def run(args) -> int:

@@ -1,20 +1,26 @@
 """Ensemble methods over probability tables: ``fit(validation tables)`` then ``predict(any tables)``.
 
-Every aggregator is a method (:class:`AggregatorMethod`; only ``softmax_auc`` learns
-anything: the members' validation AUCs). The learned combiners live in :data:`COMBINERS`:
-``stacking`` (logistic regression on the members' probabilities), ``greedy`` (Caruana et al.
-2004 ensemble selection with replacement and bagging) and ``subset_search`` (every non-empty
-subset of members under each aggregator, ranked by validation ROC-AUC).
+Every method is a registry entry: each aggregator (:data:`medzoo.ensemble.aggregators.AGGREGATORS`) is a
+method through :class:`AggregatorMethod` (those with ``needs_aucs`` learn the members' validation AUCs),
+and the learned combiners live in :data:`COMBINERS`: ``greedy`` (Caruana et al. 2004 ensemble selection
+with replacement and bagging), ``stacking`` (logistic regression on the members' probabilities) and
+``subset_search`` (every non-empty subset of members under each aggregator, ranked by validation
+ROC-AUC). :func:`make_method` builds any of them by name; adding one is one decorated class
+(:func:`combiner`) or function (``@AGGREGATORS.register``).
+
+Methods keep scikit-learn's estimator habits: ``__init__`` stores the parameters as given and
+nothing else, :meth:`Combiner.fit` validates them (:meth:`Combiner._validate_params`, which needs no
+data, so a config can be checked before training) and sets the fitted state, whose names end in
+``_``; :meth:`Combiner.get_params` rebuilds an unfitted copy.
 
 No method may see test labels: ``fit`` raises for a table whose sidecar says split "test".
 
 The learned combiners' ``validation_table()`` is out-of-fold (see :meth:`Combiner.fit`), so the
 validation AUC that ranks them on the leaderboard is not scored on the images they were fitted
-on. ``softmax_auc`` learns one number per member from validation and reports in-sample.
+on. An aggregator that learns its members' AUCs reports in-sample.
 """
 from __future__ import annotations
 
-import copy
 import inspect
 from typing import Sequence
 
@@ -22,32 +28,47 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from medzoo.ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, normalise_weights,
-                                  softmax_auc_weights, validation_aucs)
-from medzoo.ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds
 from medzoo.core.names import unknown_name
+from medzoo.core.registry import Entry, Registry
+from medzoo.ensemble.aggregators import AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, validation_aucs
+from medzoo.ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds
 from medzoo.ensemble.table import ProbabilityTable, align
 
 MAX_SUBSET_MEMBERS = 16
 SUBSET_CHUNK_ELEMENTS = 1 << 23
 
+COMBINERS = Registry("combiner")
+
 
 class Combiner:
     """Base: ``fit(tables)`` on validation tables, ``predict(tables)`` -> :class:`ProbabilityTable`.
 
-    Subclasses implement ``_fit(probs [M, N, C], labels [N])`` and ``_predict(probs) -> [N, C]``
-    and may add sidecar entries in ``info`` (a dict). With ``out_of_fold`` set (the learned
-    combiners, which then have ``folds`` and ``seed``), ``validation_table()`` holds out-of-fold
-    outputs: K = min(folds, smallest class count) stratified, seeded folds of the validation
-    images, each predicted by the method refitted on the other K - 1; ``predict`` uses the fit on
-    all of them. Otherwise it is the output on the tables it was fitted on.
+    Fitted state: ``members_`` (member ids, in table order), ``classes_``, ``weights_`` (the effective
+    member weights ``{member: weight or [weight per class]}``, ``None`` where the method has none),
+    ``info_`` (method-specific sidecar entries), ``val_tables_`` and ``val_probs_`` ``[N, C]`` (the
+    output that :meth:`validation_table` holds).
+
+    Subclasses implement ``_fit(probs [M, N, C], labels [N])``, which may set ``weights_`` and add to
+    ``info_``, and ``_predict(probs [M, N, C]) -> [N, C]``. With ``out_of_fold`` set (the learned
+    combiners, which then have ``folds`` and ``seed``), ``val_probs_`` holds out-of-fold outputs:
+    K = min(folds, smallest class count) stratified, seeded folds of the validation images, each
+    predicted by a copy (rebuilt from :meth:`get_params`) fitted on the other K - 1; ``predict`` uses
+    the fit on all of them. Otherwise it is the output on the tables it was fitted on.
     """
 
     name = "?"
     needs_labels = True
     out_of_fold = False
 
+    def get_params(self) -> dict:
+        """The constructor's parameters as given: ``type(self)(**self.get_params())`` is an unfitted copy."""
+        return {p: getattr(self, p) for p in list(inspect.signature(type(self).__init__).parameters)[1:]}
+
+    def _validate_params(self) -> None:
+        """Raise :class:`ValueError` naming a bad parameter value; needs no data (config checks call it too)."""
+
     def fit(self, tables: Sequence[ProbabilityTable]) -> "Combiner":
+        self._validate_params()
         for t in tables:
             if t.split == "test":
                 raise ValueError(f"{self.name} fits on validation tables only; the table of member {t.name!r} "
@@ -56,106 +77,98 @@ class Combiner:
         if self.needs_labels and not (labels >= 0).all():
             raise ValueError(f"{self.name} needs a label for every validation image; "
                              f"{int((labels < 0).sum())} of {len(labels)} are unknown")
-        self.members = [t.name for t in tables]
-        self.classes = classes
-        self.info: dict = {}
-        self._fit_tables = list(tables)
+        self._start([t.name for t in tables], classes)
+        self.val_tables_ = list(tables)
         self._fit(probs, labels)
-        self._val_probs = self._predict(probs)
+        self.val_probs_ = self._predict(probs)
         if self.out_of_fold:
-            in_sample = float(auc(self._val_probs, labels))
-            self._val_probs = self._cross_validate(probs, labels)
-            self.info.update(val_auc_out_of_fold=float(auc(self._val_probs, labels)), val_auc_in_sample=in_sample)
+            in_sample = float(auc(self.val_probs_, labels))
+            self.val_probs_ = self._cross_validate(probs, labels)
+            self.info_.update(val_auc_out_of_fold=float(auc(self.val_probs_, labels)), val_auc_in_sample=in_sample)
         return self
 
+    def _start(self, members: list[str], classes: list[str]) -> None:
+        """The state every fit starts from: its members and classes, no weights, no sidecar entries."""
+        self.members_, self.classes_, self.weights_, self.info_ = list(members), classes, None, {}
+
     def _cross_validate(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Out-of-fold outputs ``[N, C]`` for ``probs`` ``[M, N, C]``; records ``info["folds"]``."""
-        from sklearn.model_selection import StratifiedKFold
+        """Out-of-fold outputs ``[N, C]`` for ``probs`` ``[M, N, C]``; records ``info_["folds"]``."""
+        from sklearn.model_selection import StratifiedKFold  # sklearn is heavy: loaded when a learned method fits
         smallest = int(np.bincount(labels, minlength=probs.shape[2]).min())
-        folds = min(self.folds, smallest)
+        folds = min(int(self.folds), smallest)
         if folds < 2:
             raise ValueError(f"{self.name} is scored out-of-fold on validation and needs at least 2 images of "
                              f"every class; the smallest class has {smallest}")
         out = np.empty(probs.shape[1:])
-        for train, held in StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(labels, labels):
-            part = copy.copy(self)
-            part.info = {}
+        for train, held in StratifiedKFold(folds, shuffle=True, random_state=int(self.seed)).split(labels, labels):
+            part = type(self)(**self.get_params())
+            part._start(self.members_, self.classes_)
             part._fit(probs[:, train], labels[train])
             out[held] = part._predict(probs[:, held])
-        self.info["folds"] = folds
+        self.info_["folds"] = folds
         return out
 
+    def _check_fitted(self, what: str) -> None:
+        if "members_" not in vars(self):
+            raise ValueError(f"{self.name} is not fitted; call fit(val_tables) first (it must be fitted on "
+                             f"validation tables before {what})")
+
     def predict(self, tables: Sequence[ProbabilityTable]) -> ProbabilityTable:
-        if not hasattr(self, "members"):
-            raise ValueError(f"{self.name} must be fitted on validation tables before predict")
+        self._check_fitted("predict")
         names = [t.name for t in tables]
-        if names != self.members:
-            raise ValueError(f"{self.name} was fitted on members {self.members}; got tables of {names}")
+        if names != self.members_:
+            raise ValueError(f"{self.name} was fitted on members {self.members_}; got tables of {names}")
         ids, classes, probs, labels = align(tables)
-        if classes != self.classes:
-            raise ValueError(f"{self.name} was fitted on classes {self.classes}; got {classes}")
+        if classes != self.classes_:
+            raise ValueError(f"{self.name} was fitted on classes {self.classes_}; got {classes}")
         return self._table(tables, ids, self._predict(probs), labels)
 
     def validation_table(self) -> ProbabilityTable:
         """The output ``[N, C]`` on the validation tables used in ``fit``: out-of-fold where ``out_of_fold``."""
-        if not hasattr(self, "members"):
-            raise ValueError(f"{self.name} must be fitted on validation tables before validation_table")
-        ids, _, _, labels = align(self._fit_tables)
-        return self._table(self._fit_tables, ids, self._val_probs, labels)
+        self._check_fitted("validation_table")
+        ids, _, _, labels = align(self.val_tables_)
+        return self._table(self.val_tables_, ids, self.val_probs_, labels)
 
     def sidecar(self) -> dict:
         """What made the output: method, members and weights, plus method-specific entries."""
-        return {"method": self.name, "members": self.members, "weights": self.weights(), **self.info}
-
-    def weights(self):
-        """Effective member weights ``{member: weight}``, or ``None`` where the method has none."""
-        return None
+        return {"method": self.name, "members": self.members_, "weights": self.weights_, **self.info_}
 
     def _table(self, tables, ids, probs, labels) -> ProbabilityTable:
         first = tables[0].meta
         meta = {k: first[k] for k in ("split", "dataset") if k in first}
         meta.update(self.sidecar())
-        return ProbabilityTable(ids, self.classes, np.clip(probs, 0.0, 1.0), labels, meta)
+        return ProbabilityTable(ids, self.classes_, np.clip(probs, 0.0, 1.0), labels, meta)
 
 
 class AggregatorMethod(Combiner):
     """One aggregator as a method. ``params`` are the aggregator's, with member-keyed values allowed:
-    ``weights`` / ``threshold`` as ``{member: value}`` dicts. ``softmax_auc`` learns ``aucs`` in fit.
+    ``weights`` / ``threshold`` as ``{member: value}`` dicts. One with ``needs_aucs`` learns ``aucs`` in fit.
     """
 
     def __init__(self, name: str, **params):
-        self.aggregator = get_aggregator(name)
         self.name = name
-        self.needs_labels = name == "softmax_auc"
-        allowed = set(self.aggregator.params) - ({"aucs"} if name == "softmax_auc" else set())
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise ValueError(f"method {name!r} got unknown option(s) {unknown}; allowed: {sorted(allowed) or 'none'}")
         self.params = params
 
+    def get_params(self) -> dict:
+        return {"name": self.name, **self.params}
+
+    @property
+    def needs_labels(self) -> bool:
+        return bool(AGGREGATORS[self.name].get("needs_aucs"))
+
+    def _validate_params(self) -> None:
+        _check_options(self.name, self.params)
+
     def _fit(self, probs, labels):
-        self._params = {k: _per_member(v, self.members, k) for k, v in self.params.items()}
-        if self.name == "softmax_auc":
-            self._params["aucs"] = validation_aucs(probs, labels)
-            self.info.update(val_aucs=self._params["aucs"].tolist(), in_sample=True)
+        self.params_ = {k: _per_member(v, self.members_, k) for k, v in self.params.items()}
+        if self.needs_labels:
+            self.params_["aucs"] = validation_aucs(probs, labels)
+            self.info_.update(val_aucs=self.params_["aucs"].tolist(), in_sample=True)
+        w = get_aggregator(self.name).member_weights(len(self.members_), len(self.classes_), **self.params_)
+        self.weights_ = None if w is None else dict(zip(self.members_, w.tolist()))
 
     def _predict(self, probs):
-        return self.aggregator(probs, **self._params)
-
-    def weights(self):
-        w = member_weights(self.name, self._params, len(self.members), len(self.classes))
-        return None if w is None else dict(zip(self.members, w.tolist()))
-
-
-def member_weights(name: str, params: dict, m: int, c: int) -> np.ndarray | None:
-    """Member weights ``[M]`` or ``[M, C]`` that aggregator ``name`` applies, or ``None`` if it is not a weighted mean."""
-    if name == "mean":
-        return np.full(m, 1 / m)
-    if name == "weighted_mean":
-        return normalise_weights(params["weights"], m, c)
-    if name == "softmax_auc":
-        return softmax_auc_weights(params["aucs"], params.get("temperature", DEFAULT_TEMPERATURE))
-    return None
+        return get_aggregator(self.name)(probs, **self.params_)
 
 
 def _per_member(value, members: list[str], key: str):
@@ -170,69 +183,67 @@ def _per_member(value, members: list[str], key: str):
     return [value[m] for m in members]
 
 
-COMBINERS: dict[str, type[Combiner]] = {}
+def method_names() -> list[str]:
+    """Every method name: the aggregators, then the learned combiners, each in registration order."""
+    return [*AGGREGATORS.names(), *COMBINERS.names()]
 
 
-def register_combiner(name: str):
-    """Class decorator adding a learned combiner to :data:`COMBINERS`; a duplicate name raises."""
+def method_entry(name: str) -> Entry:
+    """The registry entry of method ``name`` (an aggregator's or a combiner's); an unknown name raises."""
+    for registry in (AGGREGATORS, COMBINERS):
+        if name in registry:
+            return registry[name]
+    raise ValueError(unknown_name("ensemble method", name, method_names()))
+
+
+def method_params(name: str) -> dict:
+    """The options of method ``name`` with their defaults, from its signature (``inspect.Parameter.empty``: none).
+
+    A combiner's are its ``__init__`` parameters; an aggregator's are its parameters less the
+    ``aucs`` it learns in fit when it ``needs_aucs``.
+    """
+    entry = method_entry(name)
+    if name in COMBINERS:
+        return {p.name: p.default for p in list(inspect.signature(entry.target.__init__).parameters.values())[1:]}
+    learned = {"aucs"} if entry.get("needs_aucs") else set()
+    return {k: v for k, v in get_aggregator(name).params.items() if k not in learned}
+
+
+def _check_options(name: str, options: dict) -> None:
+    allowed = list(method_params(name))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"method {name!r} got unknown option(s) {unknown}; allowed: {allowed or 'none'}")
+
+
+def make_method(name: str, **options) -> Combiner:
+    """A fresh, unfitted method by name, a learned combiner or an aggregator; bad names, options and values raise.
+
+    The option values are checked as :meth:`Combiner.fit` checks them (:meth:`Combiner._validate_params`).
+    """
+    _check_options(name, options)
+    method = COMBINERS[name].target(**options) if name in COMBINERS else AggregatorMethod(name, **options)
+    method._validate_params()
+    return method
+
+
+def combiner(name: str, **meta):
+    """Class decorator: register a learned combiner in :data:`COMBINERS` as method ``name`` (also its ``name``).
+
+    ``meta`` as for aggregators (``default``: in the default method list). Its ``__init__``
+    parameters are its options, and its ``[ensemble.<name>]`` config table. Method names are
+    shared with the aggregators, so taking an aggregator's name raises.
+    """
     def deco(cls):
-        if name in COMBINERS or name in AGGREGATORS:
-            raise ValueError(f"method name {name!r} is already taken")
+        if name in AGGREGATORS:
+            raise ValueError(f"method name {name!r} is already taken by an aggregator")
         cls.name = name
-        COMBINERS[name] = cls
-        return cls
+        return COMBINERS.register(name, **meta)(cls)
+
     return deco
 
 
-def method_names() -> list[str]:
-    """Every method name: the aggregators, then the learned combiners."""
-    return [*AGGREGATORS, *COMBINERS]
-
-
-def make_method(name: str, **params) -> Combiner:
-    """A fresh method by name: a learned combiner or an aggregator; bad names and options raise."""
-    if name in AGGREGATORS:
-        return AggregatorMethod(name, **params)
-    if name not in COMBINERS:
-        raise ValueError(unknown_name("ensemble method", name, method_names()))
-    cls = COMBINERS[name]
-    allowed = list(inspect.signature(cls.__init__).parameters)[1:]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"method {name!r} got unknown option(s) {unknown}; allowed: {allowed}")
-    return cls(**params)
-
-
-@register_combiner("stacking")
-class Stacking(Combiner):
-    """Logistic regression on the members' validation probabilities.
-
-    Features ``[N, M]`` (two classes: each member's positive probability) or ``[N, M * C]``.
-    """
-
-    out_of_fold = True
-
-    def __init__(self, folds: int = 5, C: float = 1.0, seed: int = 0):
-        self.folds, self.C, self.seed = int(folds), float(C), int(seed)
-
-    @staticmethod
-    def _features(probs: np.ndarray) -> np.ndarray:
-        cols = probs[:, :, 1:] if probs.shape[2] == 2 else probs
-        return cols.transpose(1, 0, 2).reshape(probs.shape[1], -1)
-
-    def _model(self):
-        from sklearn.linear_model import LogisticRegression
-        return LogisticRegression(C=self.C, max_iter=1000)
-
-    def _fit(self, probs, labels):
-        self.model = self._model().fit(self._features(probs), labels)
-        self.info.update(C=self.C, intercept=self.model.intercept_.tolist(), coef=self.model.coef_.tolist())
-
-    def _predict(self, probs):
-        return self.model.predict_proba(self._features(probs))
-
-
-@register_combiner("greedy")
+@combiner("greedy", default=True)
 class GreedySelection(Combiner):
     """Ensemble selection with replacement (Caruana et al. 2004) on validation ROC-AUC, bagged.
 
@@ -240,38 +251,41 @@ class GreedySelection(Combiner):
     then adds, ``steps`` times, the member whose addition to the running mean gives the best
     validation AUC (ties: lowest member index), and keeps the prefix of steps with the best
     AUC (the longest such prefix: re-adding the one best member keeps its AUC). Each bag's ensemble is the mean of its selections (weights = its counts / its steps);
-    the result averages the bags' ensembles. ``info["selection_counts"]`` sums the counts of the
-    fit on all validation images.
+    the result averages the bags' ensembles. ``info_["selection_counts"]`` sums the counts of the
+    fit on all validation images. Fitted: ``counts_`` ``[M]`` and ``selection_weights_`` ``[M]``.
     """
 
     out_of_fold = True
 
     def __init__(self, steps: int = 50, bags: int = 20, bag_fraction: float = 0.5, folds: int = 5, seed: int = 0):
-        if steps < 1 or bags < 1 or not 0 < bag_fraction <= 1:
-            raise ValueError(f"greedy needs steps >= 1, bags >= 1 and 0 < bag_fraction <= 1; "
-                             f"got steps={steps}, bags={bags}, bag_fraction={bag_fraction}")
-        self.steps, self.bags, self.bag_fraction = int(steps), int(bags), float(bag_fraction)
-        self.folds, self.seed = int(folds), int(seed)
+        self.steps, self.bags, self.bag_fraction, self.folds, self.seed = steps, bags, bag_fraction, folds, seed
+
+    def _validate_params(self) -> None:
+        if self.steps < 1 or self.bags < 1 or not 0 < self.bag_fraction <= 1:
+            raise ValueError(f"{self.name} needs steps >= 1, bags >= 1 and 0 < bag_fraction <= 1; "
+                             f"got steps={self.steps}, bags={self.bags}, bag_fraction={self.bag_fraction}")
 
     def _fit(self, probs, labels):
         m = probs.shape[0]
-        rng = np.random.default_rng(self.seed)
-        size = m if self.bags == 1 else max(1, int(round(self.bag_fraction * m)))
-        self.counts = np.zeros(m, dtype=np.int64)
-        self._weights = np.zeros(m)
-        for _ in range(self.bags):
+        steps, bags, bag_fraction = int(self.steps), int(self.bags), float(self.bag_fraction)
+        rng = np.random.default_rng(int(self.seed))
+        size = m if bags == 1 else max(1, int(round(bag_fraction * m)))
+        self.counts_ = np.zeros(m, dtype=np.int64)
+        self.selection_weights_ = np.zeros(m)
+        for _ in range(bags):
             bag = np.sort(rng.choice(m, size, replace=False))
-            counts = self._select(probs[bag], labels, bag, m)
-            self.counts += counts
-            self._weights += counts / counts.sum() / self.bags
-        self.info["selection_counts"] = dict(zip(self.members, self.counts.tolist()))
-        self.info.update(steps=self.steps, bags=self.bags, bag_fraction=self.bag_fraction)
+            counts = self._select(probs[bag], labels, bag, m, steps)
+            self.counts_ += counts
+            self.selection_weights_ += counts / counts.sum() / bags
+        self.weights_ = dict(zip(self.members_, self.selection_weights_.tolist()))
+        self.info_["selection_counts"] = dict(zip(self.members_, self.counts_.tolist()))
+        self.info_.update(steps=steps, bags=bags, bag_fraction=bag_fraction)
 
-    def _select(self, bag_probs, labels, bag, m) -> np.ndarray:
+    def _select(self, bag_probs, labels, bag, m, steps) -> np.ndarray:
         """Selection counts ``[M]`` from one bag: ``bag_probs`` ``[B, N, C]``, ``bag`` ``[B]`` member indices."""
         total = np.zeros(bag_probs.shape[1:])
         chosen, scores = [], []
-        for step in range(self.steps):
+        for step in range(steps):
             candidates = (total + bag_probs) / (step + 1)
             aucs = np.atleast_1d(auc(candidates, labels))
             best = int(np.argmax(aucs))
@@ -282,10 +296,34 @@ class GreedySelection(Combiner):
         return np.bincount(chosen[:keep], minlength=m)
 
     def _predict(self, probs):
-        return np.tensordot(self._weights, probs, axes=(0, 0))
+        return np.tensordot(self.selection_weights_, probs, axes=(0, 0))
 
-    def weights(self):
-        return dict(zip(self.members, self._weights.tolist()))
+
+@combiner("stacking", default=True)
+class Stacking(Combiner):
+    """Logistic regression on the members' validation probabilities.
+
+    Features ``[N, M]`` (two classes: each member's positive probability) or ``[N, M * C]``.
+    Fitted: ``model_`` (the scikit-learn model).
+    """
+
+    out_of_fold = True
+
+    def __init__(self, folds: int = 5, C: float = 1.0, seed: int = 0):
+        self.folds, self.C, self.seed = folds, C, seed
+
+    @staticmethod
+    def _features(probs: np.ndarray) -> np.ndarray:
+        cols = probs[:, :, 1:] if probs.shape[2] == 2 else probs
+        return cols.transpose(1, 0, 2).reshape(probs.shape[1], -1)
+
+    def _fit(self, probs, labels):
+        from sklearn.linear_model import LogisticRegression  # sklearn is heavy: loaded when stacking fits
+        self.model_ = LogisticRegression(C=float(self.C), max_iter=1000).fit(self._features(probs), labels)
+        self.info_.update(C=float(self.C), intercept=self.model_.intercept_.tolist(), coef=self.model_.coef_.tolist())
+
+    def _predict(self, probs):
+        return self.model_.predict_proba(self._features(probs))
 
 
 def all_subsets(m: int) -> np.ndarray:
@@ -330,45 +368,52 @@ def _subset_aucs(probs, labels, aggregator, masks, bounds, progress, **params):
     return np.concatenate([np.atleast_1d(a) for a in parts])
 
 
-@register_combiner("subset_search")
+@combiner("subset_search", default=True)
 class SubsetSearch(Combiner):
     """Exhaustive search: every non-empty subset of members under each aggregator, by validation ROC-AUC.
 
-    ``aggregators``: default every registered one that needs no extra input (``weighted_mean``
-    needs weights; ``majority_vote_mean`` is for two classes only). ``softmax_auc`` uses the
-    members' validation AUCs and ``temperature``; the vote aggregators use ``threshold``.
-    Each aggregator is scored first by histogram bounds on every subset's AUC, then exactly
-    where a bound says it can matter (see ``_exact_candidates``).
-    Ranking: higher AUC first, then fewer members, then aggregator order, then subset order.
-    The best (aggregator, subset) on all validation images is the ensemble; ``info["top"]``
-    lists the best ``top`` (their AUCs are in-sample). At most 16 members.
+    ``aggregators``: default every registered one that needs no extra input (none ``weighted``:
+    there are no weights to search with; none ``binary_only`` for more than two classes), the
+    pooled ones first. Those with ``needs_aucs`` use the members' validation AUCs, and those
+    taking ``temperature`` or ``threshold`` get this search's. Each aggregator is scored first by
+    histogram bounds on every subset's AUC, then exactly where a bound says it can matter (see
+    ``_exact_candidates``). Ranking: higher AUC first, then fewer members, then aggregator order,
+    then subset order. The best (aggregator, subset) on all validation images is the ensemble
+    (fitted: ``aggregator_``, ``mask_`` ``[M]`` bool, ``aucs_``); ``info_["top"]`` lists the best
+    ``top`` (their AUCs are in-sample). At most 16 members.
     """
 
     out_of_fold = True
 
     def __init__(self, aggregators: Sequence[str] | None = None, temperature: float = DEFAULT_TEMPERATURE,
                  threshold=None, top: int = 20, folds: int = 5, seed: int = 0):
-        for a in aggregators or []:
-            get_aggregator(a)
-            if a == "weighted_mean":
-                raise ValueError("subset_search cannot use weighted_mean: it has no weights to search with; "
-                                 "use softmax_auc or mean")
-        self.aggregators = None if aggregators is None else list(aggregators)
-        self.temperature, self.threshold, self.top = temperature, threshold, int(top)
-        self.folds, self.seed = int(folds), int(seed)
+        self.aggregators, self.temperature, self.threshold = aggregators, temperature, threshold
+        self.top, self.folds, self.seed = top, folds, seed
+
+    def _validate_params(self) -> None:
+        for a in self.aggregators or []:
+            if AGGREGATORS[a].get("weighted"):
+                raise ValueError(f"{self.name} cannot use {a}: it has no weights to search with; "
+                                 f"use softmax_auc or mean")
+
+    def _aggregator_names(self, c: int) -> list[str]:
+        if self.aggregators is not None:
+            return list(self.aggregators)
+        usable = [e for e in AGGREGATORS if not e.get("weighted") and (c == 2 or not e.get("binary_only"))]
+        return [e.name for e in sorted(usable, key=lambda e: e.get("subsets") is not None)]
 
     def _params(self, name: str) -> dict:
-        if name == "softmax_auc":
-            return {"aucs": self._aucs, "temperature": self.temperature}
-        if name.startswith("majority_vote"):
-            return {"threshold": _per_member(self.threshold, self.members, "threshold")}
-        return {}
+        """Aggregator ``name``'s parameters for all M members: the learned ``aucs`` where it needs them,
+        and this search's options of the same name (``{member: value}`` as a list in member order)."""
+        takes = get_aggregator(name).params
+        params = {k: _per_member(v, self.members_, k) for k, v in self.get_params().items() if k in takes}
+        return {**params, "aucs": self.aucs_} if AGGREGATORS[name].get("needs_aucs") else params
 
     def _fit(self, probs, labels):
         m, n, c = probs.shape
         masks = all_subsets(m)
-        names = self.aggregators or [a for a in AGGREGATORS if a != "weighted_mean" and (c == 2 or a != "majority_vote_mean")]
-        self._aucs = validation_aucs(probs, labels)
+        names = self._aggregator_names(c)
+        self.aucs_ = validation_aucs(probs, labels)
         with threadpool_limits(1, user_api="blas"), \
                 tqdm(total=len(names) * len(masks), desc="subset search", unit="subset", disable=None) as bar:
             bounds = [_subset_aucs(probs, labels, name, masks, True, bar, **self._params(name)) for name in names]
@@ -377,18 +422,18 @@ class SubsetSearch(Combiner):
         agg_idx, sub_idx = np.nonzero(np.isfinite(scores))
         sizes = masks.sum(axis=1)[sub_idx]
         order = np.lexsort((sub_idx, agg_idx, sizes, -scores[agg_idx, sub_idx]))
-        best_a, best_s = agg_idx[order[0]], sub_idx[order[0]]
-        self.best_aggregator, self.best_mask = names[best_a], masks[best_s]
-        self.info.update(
-            aggregator=self.best_aggregator,
-            selected=[mb for mb, keep in zip(self.members, self.best_mask) if keep],
+        self.aggregator_, self.mask_ = names[agg_idx[order[0]]], masks[sub_idx[order[0]]]
+        self.info_.update(
+            aggregator=self.aggregator_,
+            selected=[mb for mb, keep in zip(self.members_, self.mask_) if keep],
             subsets_scored=int(low.size),
             exact_aucs=int(np.isfinite(scores).sum()),
             best_val_auc_per_aggregator={nm: float(np.nanmax(scores[i])) for i, nm in enumerate(names)},
             top=[{"aggregator": names[agg_idx[k]], "val_auc": float(scores[agg_idx[k], sub_idx[k]]),
-                  "members": [mb for mb, keep in zip(self.members, masks[sub_idx[k]]) if keep]}
-                 for k in order[:self.top]],
+                  "members": [mb for mb, keep in zip(self.members_, masks[sub_idx[k]]) if keep]}
+                 for k in order[:int(self.top)]],
         )
+        self._set_weights(c)
 
     def _exact_candidates(self, probs, labels, names, masks, low, high) -> np.ndarray:
         """Exact AUCs ``[A, S]`` where they can matter, NaN elsewhere.
@@ -397,7 +442,7 @@ class SubsetSearch(Combiner):
         overall and its aggregator's best lower bound can be neither in the top list nor its
         aggregator's best, so only the others are scored exactly.
         """
-        kth = np.sort(low, axis=None)[-min(max(self.top, 1), low.size)]
+        kth = np.sort(low, axis=None)[-min(max(int(self.top), 1), low.size)]
         candidate = high >= np.minimum(kth, low.max(axis=1, keepdims=True))
         scores = np.full(low.shape, np.nan)
         for a, name in enumerate(names):
@@ -406,21 +451,17 @@ class SubsetSearch(Combiner):
         return scores
 
     def _subset_params(self) -> dict:
-        """The best aggregator's parameters restricted to the selected members."""
-        params = self._params(self.best_aggregator)
-        for key in ("aucs", "threshold"):
-            if np.ndim(params.get(key)) >= 1:
-                params[key] = np.asarray(params[key])[self.best_mask]
-        return params
+        """The best aggregator's parameters, every per-member one restricted to the selected members."""
+        params = self._params(self.aggregator_)
+        return {k: np.asarray(v)[self.mask_] if np.ndim(v) >= 1 else v for k, v in params.items()}
+
+    def _set_weights(self, c: int) -> None:
+        """``weights_``: the best aggregator's member weights, 0 for the members left out; none if it has none."""
+        w = get_aggregator(self.aggregator_).member_weights(int(self.mask_.sum()), c, **self._subset_params())
+        if w is not None:
+            full = np.zeros((len(self.members_),) + w.shape[1:])
+            full[self.mask_] = w
+            self.weights_ = dict(zip(self.members_, full.tolist()))
 
     def _predict(self, probs):
-        return get_aggregator(self.best_aggregator)(probs[self.best_mask], **self._subset_params())
-
-    def weights(self):
-        params = self._subset_params()
-        w = member_weights(self.best_aggregator, params, int(self.best_mask.sum()), len(self.classes))
-        if w is None:
-            return None
-        full = np.zeros((len(self.members),) + w.shape[1:])
-        full[self.best_mask] = w
-        return dict(zip(self.members, full.tolist()))
+        return get_aggregator(self.aggregator_)(probs[self.mask_], **self._subset_params())

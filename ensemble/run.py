@@ -1,5 +1,7 @@
-"""Build every ensemble of a run: ``RUN_DIR/predictions/<member>/{val,test}.csv`` -> ``RUN_DIR/ensembles/<method>/``.
+"""Build every ensemble of a run: the members' val (and test) tables -> one table per method and split.
 
+Paths are the run folder's (:class:`medzoo.core.rundir.RunDir`): member tables are
+``run.table("member", member, split)``, outputs ``run.table("ensemble", method, split)``.
 Methods are fitted on the members' validation tables only, then applied to the validation
 and (when present) test tables. Each output is a probability table whose sidecar names the
 method, the members, their weights and method-specific entries (selection counts, the
@@ -7,74 +9,80 @@ chosen subset, stacking coefficients, the validation AUC). The learned combiners
 tables and AUCs are out-of-fold (their sidecars also give the in-sample AUC).
 
 The ``[ensemble]`` section of a config (a dict here) may hold:
-``methods`` (list), ``members`` (list of member ids to use), ``temperature`` (softmax_auc and
-subset_search), ``threshold`` (vote threshold: a number or ``{member: t}``), ``weights``
-(``{member: w}`` or ``{member: [w per class]}``, enables ``weighted_mean``), ``seed``, and
-option tables ``greedy`` (steps, bags, bag_fraction, folds, seed), ``stacking`` (folds, C, seed)
-and ``subset_search`` (aggregators, temperature, threshold, top, folds, seed).
-:func:`check_config` checks the section whole, keys and values, without reading a file.
+``methods`` (list), ``members`` (list of member ids to use), the options shared by every method
+that takes them (:data:`SHARED_KEYS`): ``temperature`` (softmax_auc and subset_search),
+``threshold`` (vote threshold: a number or ``{member: t}``), ``weights`` (``{member: w}`` or
+``{member: [w per class]}``, enables the ``weighted`` aggregators), ``seed``; and one option table
+per learned combiner, named after it, of its constructor's options (e.g. ``greedy``: steps, bags,
+bag_fraction, folds, seed; ``stacking``: folds, C, seed; ``subset_search``: aggregators,
+temperature, threshold, top, folds, seed). What applies to which method is read from the method
+registries (:mod:`medzoo.ensemble.combiners`). :func:`check_ensemble_config` checks the section
+whole, keys and values, without reading a file.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from pathlib import Path
 
 from tqdm import tqdm
 
-from medzoo.ensemble.aggregators import normalise_weights
-from medzoo.ensemble.auc import auc
-from medzoo.ensemble.combiners import COMBINERS, make_method, method_names
 from medzoo.core.names import unknown_name
+from medzoo.core.rundir import RunDir
+from medzoo.ensemble.aggregators import AGGREGATORS, normalise_weights
+from medzoo.ensemble.auc import auc
+from medzoo.ensemble.combiners import COMBINERS, make_method, method_entry, method_names, method_params
 from medzoo.ensemble.table import ProbabilityTable, TableError, align, sidecar_path
 
-CONFIG_KEYS = ("methods", "members", "temperature", "threshold", "weights", "seed", "greedy", "stacking", "subset_search")
-OPTION_TABLES = ("greedy", "stacking", "subset_search")
+SHARED_KEYS = ("temperature", "threshold", "weights", "seed")
 OPTION_LOWER_BOUNDS = {"folds": (2, False), "C": (0, True), "top": (0, False), "temperature": (0, True),
                        "seed": (0, False)}
-DEFAULT_METHODS = ("mean", "weighted_mean", "median", "geometric_mean", "rank_mean", "majority_vote",
-                   "majority_vote_mean", "softmax_auc", "greedy", "stacking", "subset_search")
+
+
+def config_keys() -> tuple[str, ...]:
+    """The keys ``[ensemble]`` may hold: ``methods``, ``members``, the shared options, one table per combiner."""
+    return ("methods", "members", *SHARED_KEYS, *COMBINERS.names())
 
 
 def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[list[ProbabilityTable],
                                                                               list[ProbabilityTable]]:
     """``(val tables, test tables)`` of the run's members, in member-id order (test empty when no member has one).
 
-    Members are the folders under ``predictions/`` holding a ``val.csv`` and, when the run has a
-    ``members/`` folder, a finished ``members/<id>/done.json`` (written after the tables, so a
-    member another job is still writing is left out). Skipped folders are logged with the reason.
-    ``members`` restricts them; asking for one that was skipped raises. Raises naming members
-    that lack a test table the others have.
+    Members are the member-table folders holding a val table and, when the run has a members
+    folder, a finished ``done`` marker (written after the tables, so a member another job is still
+    writing is left out). Skipped folders are logged with the reason. ``members`` restricts them;
+    asking for one that was skipped raises. Raises naming members that lack a test table the others have.
     """
-    run_dir = Path(run_dir)
-    pred, trained = run_dir / "predictions", run_dir / "members"
-    folders = sorted(d.name for d in pred.iterdir() if d.is_dir()) if pred.is_dir() else []
+    run = RunDir(run_dir)
+    folders = run.table_names("member")
     skipped = {}
     for m in folders:
-        if not (pred / m / "val.csv").exists():
-            skipped[m] = f"no {pred / m / 'val.csv'}"
-        elif trained.is_dir() and not (trained / m / "done.json").exists():
-            skipped[m] = f"not finished: no {trained / m / 'done.json'}"
+        if not run.table("member", m, "val").exists():
+            skipped[m] = f"no {run.table('member', m, 'val')}"
+        elif run.members.is_dir() and not run.member(m).done.exists():
+            skipped[m] = f"not finished: no {run.member(m).done}"
     for m, why in skipped.items():
         if log:
             log(f"skipping member {m!r}: {why}")
     found = [m for m in folders if m not in skipped]
     if not found:
-        raise FileNotFoundError(f"no member tables under {pred} (expected predictions/<member>/val.csv"
-                                f"{' and members/<member>/done.json' if trained.is_dir() else ''})")
+        layout = RunDir(".")  # the relative paths, for the message
+        done = f" and {layout.member('<member>').done}" if run.members.is_dir() else ""
+        raise FileNotFoundError(f"no member tables under {run.tables('member')} "
+                                f"(expected {layout.table('member', '<member>', 'val')}{done})")
     for m in members or []:
         if m in skipped:
             raise ValueError(f"member {m!r} cannot be used: {skipped[m]}")
         if m not in found:
             raise ValueError(unknown_name("member", m, found))
     names = list(members) if members else found
-    with_test = [m for m in names if (pred / m / "test.csv").exists()]
-    if with_test and len(with_test) != len(names):
-        raise TableError(f"members {[m for m in names if m not in with_test]} have no test.csv; {with_test} do")
+    with_test = [m for m in names if run.table("member", m, "test").exists()]
+    without = [m for m in names if m not in with_test]
+    if with_test and without:
+        raise TableError(f"members {without} have no {run.table('member', without[0], 'test').name}; {with_test} do")
 
     def read(member: str, split: str) -> ProbabilityTable:
-        t = ProbabilityTable.read(pred / member / f"{split}.csv")
+        t = ProbabilityTable.read(run.table("member", member, split))
         t.meta["member"] = member
         return t
 
@@ -82,48 +90,43 @@ def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[li
 
 
 def default_methods(config: dict, n_classes: int) -> list[str]:
-    """The default method list: everything that applies (weighted_mean needs weights; majority_vote_mean two classes)."""
-    return [m for m in DEFAULT_METHODS
-            if (m != "weighted_mean" or "weights" in config) and (m != "majority_vote_mean" or n_classes == 2)]
+    """Every method registered as ``default`` that applies: ``weighted`` ones need weights, ``binary_only`` two classes."""
+    return [e.name for e in (*AGGREGATORS, *COMBINERS) if e.get("default")
+            and ("weights" in config or not e.get("weighted")) and (n_classes == 2 or not e.get("binary_only"))]
 
 
 def method_options(name: str, config: dict) -> dict:
-    """Keyword options for ``make_method(name, ...)`` taken from the ``[ensemble]`` config."""
-    seed = {"seed": config["seed"]} if "seed" in config else {}
-    if name == "weighted_mean":
-        if "weights" not in config:
-            raise ValueError("weighted_mean needs member weights: set weights = {member = weight, ...} in [ensemble]")
-        return {"weights": config["weights"]}
-    if name in ("majority_vote", "majority_vote_mean"):
-        return {k: config[k] for k in ("threshold",) if k in config}
-    if name == "softmax_auc":
-        return {k: config[k] for k in ("temperature",) if k in config}
-    if name in ("greedy", "stacking"):
-        return {**seed, **config.get(name, {})}
-    if name == "subset_search":
-        return {**seed, **{k: config[k] for k in ("temperature", "threshold") if k in config}, **config.get(name, {})}
-    return {}
+    """Keyword options for ``make_method(name, ...)`` from the ``[ensemble]`` config.
+
+    The shared options the method takes (:data:`SHARED_KEYS` among :func:`method_params`), then
+    a combiner's own table ``[ensemble.<name>]``. A ``weighted`` method without weights raises.
+    """
+    if method_entry(name).get("weighted") and "weights" not in config:
+        raise ValueError(f"{name} needs member weights: set weights = {{member = weight, ...}} in [ensemble]")
+    takes = method_params(name)
+    shared = {k: config[k] for k in SHARED_KEYS if k in takes and k in config}
+    return {**shared, **config.get(name, {})} if name in COMBINERS else shared
 
 
-def check_config(config: dict | None, n_classes: int | None = None) -> dict:
+def check_ensemble_config(config: dict | None, n_classes: int | None = None) -> dict:
     """The ``[ensemble]`` config checked whole, keys and values, before anything runs; returns a copy.
 
     ``methods``: registered method names; ``members``: member ids, each once; ``temperature``:
     a number > 0; ``threshold``: a number in (0, 1) or ``{member: t}``; ``weights``: ``{member: w}``
     or ``{member: [w per class]}`` of finite numbers >= 0 with a positive sum; ``seed``: an
-    integer >= 0; ``greedy``, ``stacking``, ``subset_search``: tables of their combiner's options
-    (integers where the default is one, numbers where it is a float). Every method named in
-    ``methods`` or by an option table is then built once, so its own checks run too. With
-    ``n_classes``: ``threshold`` and ``majority_vote_mean`` need two classes, per-class weights
-    one per class. Pure and fast: no file is read. Raises :class:`ValueError` naming the key,
-    the value received and what is allowed.
+    integer >= 0; one table per learned combiner (``greedy``, ``stacking``, ``subset_search``) of
+    its options (integers where the default is one, numbers where it is a float). Every method
+    named in ``methods`` or by an option table is then built once, so its own checks
+    (``_validate_params``) run too. With ``n_classes``: ``threshold`` and ``binary_only`` methods
+    need two classes, per-class weights one per class. Pure and fast: no file is read. Raises
+    :class:`ValueError` naming the key, the value received and what is allowed.
     """
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"[ensemble] must be a table of options, got {type(config).__name__} {config!r}")
     config = dict(config or {})
     for key in config:
-        if key not in CONFIG_KEYS:
-            raise ValueError(unknown_name("[ensemble] key", key, CONFIG_KEYS))
+        if key not in config_keys():
+            raise ValueError(unknown_name("[ensemble] key", key, config_keys()))
     methods = config.get("methods")
     if methods is not None:
         if not _is_names(methods):
@@ -143,23 +146,28 @@ def check_config(config: dict | None, n_classes: int | None = None) -> dict:
         _check_weights(config["weights"], members, n_classes)
     if "seed" in config:
         _check_number("[ensemble] seed", config["seed"], integer=True, low=0)
-    for name in OPTION_TABLES:
-        if name in config:
-            _check_option_table(name, config[name], members)
-    for name in dict.fromkeys([*(methods or []), *(t for t in OPTION_TABLES if t in config)]):
+    tables = [name for name in COMBINERS.names() if name in config]
+    for name in tables:
+        _check_option_table(name, config[name], members)
+    for name in dict.fromkeys([*(methods or []), *tables]):
         try:
             make_method(name, **method_options(name, config))
         except ValueError as e:
-            raise ValueError(f"[ensemble{'.' + name if name in OPTION_TABLES else ''}] {e}") from None
-    if n_classes is not None and n_classes != 2:
-        search = config.get("subset_search", {})
-        for what, used in (("threshold", "threshold" in config), ("subset_search threshold", "threshold" in search),
-                           ("method majority_vote_mean", "majority_vote_mean" in (methods or [])),
-                           ("subset_search aggregator majority_vote_mean",
-                            "majority_vote_mean" in (search.get("aggregators") or []))):
-            if used:
-                raise ValueError(f"[ensemble] {what} is for two-class tasks; the tables have {n_classes} classes")
+            raise ValueError(f"[ensemble{'.' + name if name in COMBINERS else ''}] {e}") from None
+    two_class = _two_class_only(config, methods or [], tables) if n_classes is not None and n_classes != 2 else []
+    if two_class:
+        raise ValueError(f"[ensemble] {two_class[0]} is for two-class tasks; the tables have {n_classes} classes")
     return config
+
+
+def _two_class_only(config: dict, methods: list[str], tables: list[str]) -> list[str]:
+    """What the config uses that is for two-class tasks only: a threshold, ``binary_only`` methods and aggregators."""
+    uses = ["threshold"] if "threshold" in config else []
+    uses += [f"{name} threshold" for name in tables if "threshold" in config[name]]
+    uses += [f"method {m}" for m in methods if method_entry(m).get("binary_only")]
+    uses += [f"{name} aggregator {a}" for name in tables for a in config[name].get("aggregators") or []
+             if AGGREGATORS[a].get("binary_only")]
+    return uses
 
 
 def _is_names(value) -> bool:
@@ -229,8 +237,7 @@ def _check_option_table(name: str, table, members) -> None:
     where = f"[ensemble.{name}]"
     if not isinstance(table, dict):
         raise ValueError(f"{where} must be a table of options, got {table!r}")
-    params = list(inspect.signature(COMBINERS[name].__init__).parameters.values())[1:]
-    defaults = {p.name: p.default for p in params}
+    defaults = method_params(name)
     for key, value in table.items():
         if key not in defaults:
             raise ValueError(unknown_name(f"{where} key", key, defaults, label="allowed"))
@@ -246,24 +253,26 @@ def _check_option_table(name: str, table, members) -> None:
 
 
 def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = None, log=print) -> dict:
-    """Fit every method on the members' validation tables and write ``ensembles/<method>/{val,test}.csv``.
+    """Fit every method on the members' validation tables and write its val (and test) table.
 
-    ``methods`` overrides ``config["methods"]``; default :func:`default_methods`. Returns
+    ``methods`` overrides ``config["methods"]``; default :func:`default_methods`. Outputs go to
+    ``RunDir(run_dir).table("ensemble", method, split)``. Returns
     ``{method: {"dir": str, "members": [ids], "val_auc": float | None, "test": bool}}``;
     ``val_auc`` is out-of-fold for the learned combiners (greedy, stacking, subset_search) and
-    in-sample for ``softmax_auc``. With fewer than two usable members nothing is built (the
-    config and methods are still checked), a note is logged and ``{}`` returned. A table whose
-    rows are scores rather than probabilities gets ``rows_sum_to_one: false`` in its sidecar.
+    in-sample for aggregators that learn their members' AUCs (softmax_auc). With fewer than two
+    usable members nothing is built (the config and methods are still checked), a note is logged
+    and ``{}`` returned. A table whose rows are scores rather than probabilities gets
+    ``rows_sum_to_one: false`` in its sidecar.
     """
-    run_dir = Path(run_dir)
-    config = check_config(config)
-    val_tables, test_tables = load_member_tables(run_dir, config.get("members"), log)
+    run = RunDir(run_dir)
+    config = check_ensemble_config(config)
+    val_tables, test_tables = load_member_tables(run.path, config.get("members"), log)
     classes = align(val_tables)[1]
     if test_tables:
         align(test_tables)
     names = list(methods or config.get("methods") or default_methods(config, len(classes)))
     built = {name: make_method(name, **method_options(name, config)) for name in names}
-    check_config({**config, "methods": names, "members": [t.name for t in val_tables]}, len(classes))
+    check_ensemble_config({**config, "methods": names, "members": [t.name for t in val_tables]}, len(classes))
     if len(val_tables) < 2:
         if log:
             log(f"only one member ({val_tables[0].name}): ensembles need at least two; skipped")
@@ -274,16 +283,17 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
         val = method.validation_table()
         val_auc = auc(val.probs, val.labels) if val.has_labels else None
         val.meta.update(split="val", val_auc=val_auc)
-        out = run_dir / "ensembles" / name
-        _write(val, out / "val.csv")
+        _write(val, run.table("ensemble", name, "val"))
+        test_path = run.table("ensemble", name, "test")
         if test_tables:
             test = method.predict(test_tables)
             test.meta.update(split="test", val_auc=val_auc)
-            _write(test, out / "test.csv")
+            _write(test, test_path)
         else:
-            for stale in (out / "test.csv", sidecar_path(out / "test.csv")):
+            for stale in (test_path, sidecar_path(test_path)):
                 stale.unlink(missing_ok=True)
-        results[name] = {"dir": str(out), "members": method.members, "val_auc": val_auc, "test": bool(test_tables)}
+        out = run.table_dir("ensemble", name)
+        results[name] = {"dir": str(out), "members": method.members_, "val_auc": val_auc, "test": bool(test_tables)}
         if log:
             log(f"{name:>20s}  val AUC {'-' if val_auc is None else f'{val_auc:.4f}'}  -> {out}")
     return results

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from medzoo.ensemble.aggregators import (AGGREGATORS, aggregate, get_aggregator, register, softmax_auc_weights,
-                                  validation_aucs)
+from medzoo.ensemble.aggregators import AGGREGATORS, aggregate, get_aggregator, softmax_auc_weights, validation_aucs
 
 
 def binary(*members):
@@ -135,7 +134,7 @@ def test_validation_aucs_per_member_or_per_class():
 PARAMS = {"weighted_mean": {"weights": [3.0]}, "softmax_auc": {"aucs": [0.7]}}
 
 
-@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+@pytest.mark.parametrize("name", sorted(AGGREGATORS.names()))
 def test_single_member_comes_back_unchanged(name):
     # Aggregator.__call__ returns one member as it is; rows that do not sum to 1 show it is not a renormalised copy
     probs = np.array([[[0.3, 0.6], [0.9, 0.05], [0.5, 0.5], [0.0, 1.0]]])
@@ -198,7 +197,7 @@ def test_zero_weight_subset_names_the_members_and_weights():
                                                      weights=[1, 0, 0])
 
 
-@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+@pytest.mark.parametrize("name", sorted(AGGREGATORS.names()))
 def test_every_aggregator_on_three_classes(name):
     rng = np.random.default_rng(1)
     probs = rng.dirichlet([1, 1, 1], size=(4, 5))
@@ -209,7 +208,7 @@ def test_every_aggregator_on_three_classes(name):
     assert out.shape == (5, 3) and np.isfinite(out).all() and (out >= 0).all() and (out <= 1 + 1e-12).all()
 
 
-@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+@pytest.mark.parametrize("name", sorted(AGGREGATORS.names()))
 @pytest.mark.parametrize("classes", [2, 3])
 def test_over_subsets_matches_calling_on_each_subset(name, classes):
     if name == "majority_vote_mean" and classes == 3:
@@ -230,7 +229,7 @@ def test_over_subsets_matches_calling_on_each_subset(name, classes):
 
 def test_registry_rejects_duplicates_unknown_names_and_parameters():
     with pytest.raises(ValueError, match="'mean' is already registered"):
-        register("mean")(lambda probs: None)
+        AGGREGATORS.register("mean")(lambda probs: None)
     with pytest.raises(ValueError, match="unknown aggregator 'meen'; did you mean 'mean'\\? known: "):
         aggregate("meen", binary(A))
     with pytest.raises(ValueError, match="'mean' got unknown parameter\\(s\\) \\['weights'\\]; allowed: none"):

@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from medzoo.ensemble.auc import auc
-from medzoo.ensemble.combiners import COMBINERS, SubsetSearch, all_subsets, make_method
+from medzoo.ensemble.combiners import COMBINERS, GreedySelection, SubsetSearch, all_subsets, make_method
 from medzoo.ensemble.table import ProbabilityTable
 
 
@@ -36,7 +36,7 @@ def test_fitting_on_a_test_table_raises(name):
 def test_greedy_picks_the_much_better_member_most():
     p1, y = noisy_members([0.3, 3.0, 0.3, 0.3], 300, 1)
     greedy = make_method("greedy", steps=20, bags=10, bag_fraction=0.5).fit(tables(p1, y))
-    counts, weights = greedy.info["selection_counts"], greedy.weights()
+    counts, weights = greedy.info_["selection_counts"], greedy.weights_
     assert max(counts, key=counts.get) == "m1" and max(weights, key=weights.get) == "m1"
     assert weights["m1"] > 1 / 4 and sum(weights.values()) == pytest.approx(1)
 
@@ -49,8 +49,8 @@ def test_independent_noisy_members_ensemble_beats_each_member():
         val = method.validation_table()
         assert auc(val.probs, val.labels) > best_member + 0.02, name
         if name in COMBINERS:  # the table's AUC is the out-of-fold one
-            assert auc(val.probs, y) == pytest.approx(method.info["val_auc_out_of_fold"], abs=1e-12), name
-            assert method.info["folds"] == 5, name
+            assert auc(val.probs, y) == pytest.approx(method.info_["val_auc_out_of_fold"], abs=1e-12), name
+            assert method.info_["folds"] == 5, name
 
 
 @pytest.mark.parametrize("name, options", [("greedy", {"steps": 5, "bags": 3}), ("subset_search", {"aggregators": ["mean"]}),
@@ -71,7 +71,7 @@ def test_a_member_perfect_on_validation_is_still_chosen_out_of_fold(name, option
     perfect = np.where(y == 1, 0.6, 0.4) + np.random.default_rng(0).uniform(-0.05, 0.05, 80)
     # first, so that greedy's ties (a noisy member added without changing the AUC) also go to it
     method = make_method(name, **options).fit(tables(np.vstack([perfect, p1]), y))
-    assert method.info["val_auc_out_of_fold"] == 1.0 == method.info["val_auc_in_sample"]
+    assert method.info_["val_auc_out_of_fold"] == 1.0 == method.info_["val_auc_in_sample"]
     val = method.validation_table()
     assert auc(val.probs, y) == 1.0 and val.meta["val_auc_out_of_fold"] == 1.0
 
@@ -82,8 +82,8 @@ def test_subset_search_out_of_fold_exposes_an_overfit_subset():
     y = np.tile([0, 1], 12)
     p1 = rng.uniform(size=(10, 24))
     search = make_method("subset_search", aggregators=["mean"]).fit(tables(p1, y))
-    in_sample, oof = search.info["val_auc_in_sample"], search.info["val_auc_out_of_fold"]
-    assert in_sample == pytest.approx(search.info["top"][0]["val_auc"], abs=1e-12)
+    in_sample, oof = search.info_["val_auc_in_sample"], search.info_["val_auc_out_of_fold"]
+    assert in_sample == pytest.approx(search.info_["top"][0]["val_auc"], abs=1e-12)
     assert in_sample > 0.8 and oof < in_sample - 0.25
     assert auc(search.validation_table().probs, y) == pytest.approx(oof, abs=1e-12)
     assert auc(search.predict(tables(p1, y)).probs, y) == pytest.approx(in_sample, abs=1e-12)
@@ -93,7 +93,7 @@ def test_greedy_single_bag_is_deterministic_with_ties_to_the_lowest_index():
     # identical members: every step ties, so the lowest index is chosen every time
     p1, y = noisy_members([1.0], 50, 3)
     greedy = make_method("greedy", steps=5, bags=1).fit(tables(np.repeat(p1, 3, axis=0), y))
-    assert greedy.info["selection_counts"] == {"m0": 5, "m1": 0, "m2": 0}
+    assert greedy.info_["selection_counts"] == {"m0": 5, "m1": 0, "m2": 0}
 
 
 def test_stacking_validation_is_out_of_fold_and_predicts_test():
@@ -102,9 +102,9 @@ def test_stacking_validation_is_out_of_fold_and_predicts_test():
     val = stack.validation_table()
     in_sample = stack.predict(tables(p1, y))
     assert val.ids == in_sample.ids and not np.allclose(val.probs, in_sample.probs)
-    assert stack.info["folds"] == 4 and stack.info["val_auc_out_of_fold"] == pytest.approx(auc(val.probs, y))
-    assert stack.info["val_auc_in_sample"] == pytest.approx(auc(in_sample.probs, y))
-    assert len(stack.info["coef"][0]) == 3
+    assert stack.info_["folds"] == 4 and stack.info_["val_auc_out_of_fold"] == pytest.approx(auc(val.probs, y))
+    assert stack.info_["val_auc_in_sample"] == pytest.approx(auc(in_sample.probs, y))
+    assert len(stack.info_["coef"][0]) == 3
     tp1, ty = noisy_members([1.0, 0.5, 0.2], 60, 5)
     test = stack.predict(tables(tp1, np.full(60, -1), split="test"))
     assert test.split == "test" and test.probs.shape == (60, 2) and not test.has_labels
@@ -117,10 +117,10 @@ def test_subset_search_best_matches_brute_force_with_sklearn():
     brute = {s: roc_auc_score(y, p1[list(s)].mean(axis=0))
              for k in range(1, 5) for s in itertools.combinations(range(4), k)}
     best = max(brute, key=lambda s: (brute[s], -len(s)))
-    assert search.info["selected"] == [f"m{j}" for j in best]
-    assert search.info["top"][0]["val_auc"] == pytest.approx(brute[best], abs=1e-12)
-    ranked = sorted(brute.values(), reverse=True)[:len(search.info["top"])]
-    np.testing.assert_allclose([t["val_auc"] for t in search.info["top"]], ranked, atol=1e-12)
+    assert search.info_["selected"] == [f"m{j}" for j in best]
+    assert search.info_["top"][0]["val_auc"] == pytest.approx(brute[best], abs=1e-12)
+    ranked = sorted(brute.values(), reverse=True)[:len(search.info_["top"])]
+    np.testing.assert_allclose([t["val_auc"] for t in search.info_["top"]], ranked, atol=1e-12)
     out = search.predict(tables(p1, y))
     np.testing.assert_allclose(out.probs[:, 1], p1[list(best)].mean(axis=0))
 
@@ -128,15 +128,15 @@ def test_subset_search_best_matches_brute_force_with_sklearn():
 def test_subset_search_ties_prefer_fewer_members():
     p1, y = noisy_members([1.0], 60, 7)
     search = SubsetSearch(aggregators=["mean", "median"]).fit(tables(np.repeat(p1, 3, axis=0), y))
-    assert search.info["selected"] == ["m0"] and search.info["aggregator"] == "mean"
+    assert search.info_["selected"] == ["m0"] and search.info_["aggregator"] == "mean"
 
 
 def test_subset_search_default_aggregators_and_sidecar():
     p1, y = noisy_members([0.5, 0.9, 0.7], 80, 8)
     search = make_method("subset_search", temperature=50).fit(tables(p1, y))
-    assert set(search.info["best_val_auc_per_aggregator"]) == {
+    assert set(search.info_["best_val_auc_per_aggregator"]) == {
         "mean", "median", "geometric_mean", "rank_mean", "majority_vote", "majority_vote_mean", "softmax_auc"}
-    assert search.info["subsets_scored"] == 7 * 7
+    assert search.info_["subsets_scored"] == 7 * 7
     side = search.sidecar()
     assert side["method"] == "subset_search" and side["members"] == ["m0", "m1", "m2"]
 
@@ -163,14 +163,14 @@ def test_method_names_and_options_are_checked():
         make_method("greedy", step=3)
     with pytest.raises(ValueError, match="method 'mean' got unknown option"):
         make_method("mean", temperature=3)
-    assert set(COMBINERS) == {"stacking", "greedy", "subset_search"}
+    assert set(COMBINERS.names()) == {"stacking", "greedy", "subset_search"}
     with pytest.raises(ValueError, match="subset_search cannot use weighted_mean"):
         make_method("subset_search", aggregators=["mean", "weighted_mean"])
     with pytest.raises(ValueError, match="unknown aggregator 'medain'; did you mean 'median'"):
         make_method("subset_search", aggregators=["medain"])
 
 
-@pytest.mark.parametrize("name", sorted(COMBINERS))
+@pytest.mark.parametrize("name", sorted(COMBINERS.names()))
 def test_learned_methods_need_two_images_of_every_class(name):
     p1, _ = noisy_members([1.0, 0.5], 6, 14)
     y = np.array([0, 0, 0, 0, 0, 1])
@@ -190,3 +190,22 @@ def test_labels_needed_to_learn():
     with pytest.raises(ValueError, match="needs a label for every validation image; 40 of 40 are unknown"):
         make_method("softmax_auc").fit(tables(p1, np.full(40, -1)))
     assert make_method("mean").fit(tables(p1, np.full(40, -1))).validation_table().probs.shape == (40, 2)
+
+
+def test_combiners_keep_scikit_learn_estimator_habits():
+    p1, y = noisy_members([1.0, 0.5], 40, 16)
+    greedy = GreedySelection(steps=3, bags=2, bag_fraction=1.5)  # __init__ only stores: the check is in fit
+    assert greedy.get_params() == {"steps": 3, "bags": 2, "bag_fraction": 1.5, "folds": 5, "seed": 0}
+    with pytest.raises(ValueError, match="greedy is not fitted; call fit\\(val_tables\\) first"):
+        greedy.validation_table()
+    with pytest.raises(ValueError, match="greedy needs steps >= 1, bags >= 1 and 0 < bag_fraction <= 1"):
+        greedy.fit(tables(p1, y))
+    with pytest.raises(ValueError, match="0 < bag_fraction <= 1"):
+        make_method("greedy", bag_fraction=1.5)  # the factory validates too, as config checks do
+    fitted = make_method("greedy", steps=3, bags=2).fit(tables(p1, y))
+    assert {"members_", "classes_", "weights_", "info_", "counts_"} <= set(vars(fitted))
+    clone = type(fitted)(**fitted.get_params())
+    assert "members_" not in vars(clone) and clone.get_params() == fitted.get_params()
+    np.testing.assert_array_equal(clone.fit(tables(p1, y)).validation_table().probs, fitted.validation_table().probs)
+    mean = make_method("softmax_auc", temperature=7)
+    assert type(mean)(**mean.get_params()).get_params() == {"name": "softmax_auc", "temperature": 7}

@@ -7,7 +7,7 @@ import pytest
 
 from medzoo.ensemble.aggregators import softmax_auc_weights
 from medzoo.ensemble.auc import auc
-from medzoo.ensemble.run import build_ensembles, check_config, load_member_tables
+from medzoo.ensemble.run import build_ensembles, check_ensemble_config, load_member_tables
 from medzoo.ensemble.table import ProbabilityTable, TableError
 
 MEMBERS = ("alpha", "beta", "gamma")
@@ -178,7 +178,7 @@ def test_config_errors_are_clear(tmp_path):
 ])
 def test_check_config_names_the_key_the_value_and_what_is_allowed(config, message):
     with pytest.raises(ValueError) as e:
-        check_config(config)
+        check_ensemble_config(config)
     assert message in str(e.value)
 
 
@@ -191,9 +191,9 @@ def test_check_config_names_the_key_the_value_and_what_is_allowed(config, messag
      "[ensemble] weights: got 2 weights per member, the tables have 3 classes"),
 ])
 def test_check_config_with_the_class_count(config, message):
-    check_config(config)
+    check_ensemble_config(config)
     with pytest.raises(ValueError) as e:
-        check_config(config, n_classes=3)
+        check_ensemble_config(config, n_classes=3)
     assert message in str(e.value)
 
 
@@ -202,9 +202,9 @@ def test_check_config_accepts_a_full_config_and_returns_a_copy():
               "threshold": {"a": 0.4, "b": 0.6}, "weights": {"a": [1, 0.5], "b": [0, 2]}, "seed": 3,
               "greedy": {"steps": 5, "bags": 1, "bag_fraction": 1}, "stacking": {"folds": 3, "C": 0.5},
               "subset_search": {"aggregators": ["mean", "median"], "top": 3}}
-    checked = check_config(config, n_classes=2)
+    checked = check_ensemble_config(config, n_classes=2)
     assert checked == config and checked is not config
-    assert check_config(None) == {}
+    assert check_ensemble_config(None) == {}
 
 
 def test_a_config_value_error_stops_the_run_before_anything_is_written(tmp_path):
