@@ -24,7 +24,8 @@ from medzoo.core.fileio import clean_stale_temps, write_json
 from medzoo.ensemble.run import build_ensembles
 from medzoo.zoo.check import check
 from medzoo.zoo.config import ZooConfig
-from medzoo.zoo.train import resolve_device, resolve_run, train_zoo
+from medzoo.zoo.device import resolve_device
+from medzoo.zoo.schedule import resolve_run, train_zoo
 
 
 def environment(device: str) -> dict:

@@ -2,7 +2,7 @@
 
 In one run, for each model, with the same batch size, input size, optimizer and augmentation:
   (a) the model alone: forward, backward and optimizer step on one batch already in memory;
-  (b) medzoo end to end: ``zoo.train.train_one_epoch`` over ``zoo.loader.BatchLoader`` fed from the
+  (b) medzoo end to end: ``zoo.loop.train_one_epoch`` over ``zoo.loader.BatchLoader`` fed from the
       uint8 arrays medzoo caches (decoded and resized once), augmenting on the device;
       (a) and (b) alternate every two batches, so a shared machine's load hits both alike;
   (c) a tutorial-style loop: ``torchvision.datasets.ImageFolder`` over the JPEG files, PIL decode and
@@ -24,13 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+
+from medzoo.zoo.cache import load_images
+from medzoo.zoo.loader import BatchLoader, keep_freed_memory
+from medzoo.zoo.loop import train_one_epoch
+from medzoo.zoo.models import create_model, forward_logits, model_info
 
 AUGMENT = {"hflip": True, "rotate": 10.0, "zoom": 0.1, "brightness": 0.1, "contrast": 0.1}
 
 
 def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
     """n smooth random RGB images (bicubic-upsampled 8x8 noise plus fine noise) as JPEGs in two class folders."""
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     paths = []
@@ -60,7 +67,6 @@ def link_jpegs(source: Path, folder: Path, n: int) -> list[Path]:
 
 def tutorial_transforms(size: int, mean, std):
     """The per-image torchvision pipeline matching ``AUGMENT``."""
-    from torchvision import transforms as T
 
     zoom = AUGMENT["zoom"]
     return T.Compose([
@@ -74,7 +80,6 @@ def tutorial_transforms(size: int, mean, std):
 
 
 def make_model(name: str, seed: int = 0):
-    from medzoo.zoo.models import create_model
 
     torch.manual_seed(seed)
     model = create_model(name, num_classes=2).train()
@@ -82,7 +87,6 @@ def make_model(name: str, seed: int = 0):
 
 
 def step(model, optimizer, x, y) -> None:
-    from medzoo.zoo.models import forward_logits
 
     logits, aux = forward_logits(model, x)
     loss = F.cross_entropy(logits, y) + (0.4 * F.cross_entropy(aux, y) if aux is not None else 0.0)
@@ -96,9 +100,6 @@ def model_and_medzoo(name: str, images: np.ndarray, labels: np.ndarray, batch: i
     """(a) and (b) in alternating chunks of ``chunk`` batches, so both see the same share of whatever
     else the machine is doing -> (images/s of the model alone on one batch in memory, images/s of
     ``train_one_epoch`` over a BatchLoader with augmentation)."""
-    from medzoo.zoo.loader import BatchLoader
-    from medzoo.zoo.models import model_info
-    from medzoo.zoo.train import train_one_epoch
 
     info = model_info(name)
     loader = BatchLoader(images, labels, batch, shuffle=True, seed=0, mean=info.mean, std=info.std,
@@ -124,9 +125,7 @@ def model_and_medzoo(name: str, images: np.ndarray, labels: np.ndarray, batch: i
 
 def tutorial_loop(name: str, folder: Path, size: int, batch: int, epochs: int, workers: int) -> float:
     """(c): images/s of an ImageFolder + DataLoader loop decoding and transforming every image every epoch."""
-    from torchvision.datasets import ImageFolder
 
-    from medzoo.zoo.models import model_info
 
     info = model_info(name)
     model, optimizer = make_model(name)
@@ -147,7 +146,6 @@ def tutorial_loop(name: str, folder: Path, size: int, batch: int, epochs: int, w
 
 def loader_alone(images: np.ndarray, batch: int, epochs: int, augment: dict) -> float:
     """(d): images/s of BatchLoader delivering augmented, normalised batches."""
-    from medzoo.zoo.loader import BatchLoader
 
     loader = BatchLoader(images, np.zeros(len(images), dtype=np.int64), batch, shuffle=True, seed=0,
                          augment=augment, drop_last=True)
@@ -180,8 +178,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="interleaved repeats of every measurement; the best is kept (the machine is shared)")
     args = parser.parse_args(argv)
 
-    from medzoo.zoo.datasets import load_images
-    from medzoo.zoo.loader import keep_freed_memory
 
     kept = False if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)

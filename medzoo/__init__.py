@@ -30,7 +30,7 @@ API = {
     "open_dataset": "medzoo.zoo.datasets",
     "load_card": "medzoo.zoo.datasets",
     "check": "medzoo.zoo.check",
-    "train_zoo": "medzoo.zoo.train",
+    "train_zoo": "medzoo.zoo.schedule",
     "ProbabilityTable": "medzoo.ensemble.table",
     "build_ensembles": "medzoo.ensemble.run",
     "write_leaderboard": "medzoo.benchmarks.leaderboard",

@@ -14,7 +14,7 @@ import pytest
 from tests.test_train import read_history, tiny_config
 from medzoo.config import load_config
 from medzoo.zoo.distributed import ClaimLost, read_claim, try_claim
-from medzoo.zoo.train import status, train_zoo
+from medzoo.zoo.schedule import status, train_zoo
 
 
 def _claim_file(path: Path, **fields) -> None:

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from medzoo.zoo import cli_data
-from medzoo.zoo.datasets import card_for_path, load_arrays, load_card, open_dataset
+from medzoo.zoo.cards import card_for_path
+from medzoo.zoo.datasets import load_arrays, load_card, open_dataset
 
 REAL_DATA = Path(os.environ.get("MEDZOO_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 

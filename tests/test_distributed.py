@@ -17,7 +17,8 @@ from tests.test_train import read_history, tiny_config, write_tiny_npz
 from medzoo.zoo.checkpoint import model_from_checkpoint
 from medzoo.config import load_config
 from medzoo.zoo.predict import predict_probs
-from medzoo.zoo.train import roc_auc, train_zoo
+from medzoo.zoo.loop import validation_auc
+from medzoo.zoo.schedule import train_zoo
 
 
 def _free_port() -> int:
@@ -90,7 +91,7 @@ def test_two_process_ddp_shards_gathers_and_writes_once(tmp_path):
 
     val = load_arrays(open_dataset(cfg.dataset), "val", 32)
     single = predict_probs(model, val.images, mean=ckpt["mean"], std=ckpt["std"], device=torch.device("cpu"))
-    auc = roc_auc(val.labels, single)
+    auc = validation_auc(val.labels, single)
     done = json.loads((mdir / "done.json").read_text())
     assert float(history[ckpt["best_epoch"] - 1]["val_auc"]) == pytest.approx(auc, abs=1e-9)
     assert done["val_auc"] == pytest.approx(auc, abs=1e-9)

@@ -72,7 +72,7 @@ def run(env: Path, cwd: Path, *args: str, **extra_env) -> subprocess.CompletedPr
 
 def test_wheel_exposes_one_import_name_and_ships_cards_and_configs(venv, tmp_path):
     out = run(venv, tmp_path, "python", "-c",
-              "import medzoo, medzoo.zoo.datasets as d, medzoo.config as c; "
+              "import medzoo, medzoo.zoo.cards as d, medzoo.config as c; "
               "print(medzoo.__file__); print(d.known_cards()); print(c.shipped_configs())")
     assert out.returncode == 0, out.stderr
     where, cards, configs = out.stdout.splitlines()

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medzoo.zoo.augment import affine_grid, augment_batch, check_config, color_affine, random_affine
+from medzoo.zoo.augment import affine_grid, augment_batch, check_augment, color_affine, random_affine
 from medzoo.zoo.loader import BatchLoader
 
 ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -68,7 +68,7 @@ def test_zoom_crops_inside_the_image_and_rotation_fills_with_the_mean():
 
 
 def test_random_affine_is_a_scaled_rotation_within_the_limits():
-    theta = random_affine(500, 32, 32, check_config({"rotate": 30, "zoom": 0.25}), gen())
+    theta = random_affine(500, 32, 32, check_augment({"rotate": 30, "zoom": 0.25}), gen())
     angle = torch.atan2(theta[:, 1, 0], theta[:, 0, 0])
     scale = theta[:, 0, 0].hypot(theta[:, 1, 0])
     assert angle.abs().max() <= math.radians(30) + 1e-6 and angle.abs().max() > math.radians(25)
@@ -87,12 +87,12 @@ def test_brightness_and_contrast_values():
     # gray image with two levels, 40 and 160: mean gray level 100
     x = torch.tensor([40, 160], dtype=torch.uint8).view(1, 1, 1, 2).expand(3, 3, 1, 2).contiguous()
     cfg = {"brightness": 0.5, "contrast": 0.5}
-    b, c = color_affine(3, check_config(cfg), gen(7))
+    b, c = color_affine(3, check_augment(cfg), gen(7))
     out = augment_batch(x, cfg, gen(7), ZERO, ONE) * 255
     expected = ((torch.tensor([40.0, 160.0]) - 100) * c[:, None] + 100) * b[:, None]
     torch.testing.assert_close(out[:, 0, 0], expected.clamp(0, 255), atol=1e-3, rtol=0)
     assert not torch.allclose(b, torch.ones(3)) and not torch.allclose(c, torch.ones(3))
-    b, _ = color_affine(4, check_config({"brightness": 0.9}), gen(1))
+    b, _ = color_affine(4, check_augment({"brightness": 0.9}), gen(1))
     bright = augment_batch(torch.full((4, 3, 1, 1), 250, dtype=torch.uint8), {"brightness": 0.9}, gen(1),
                            mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
     raw = (250 / 255 * b).clamp(0, 1)[:, None]  # [4, 1]
@@ -103,10 +103,10 @@ def test_brightness_and_contrast_values():
 
 def test_bad_augmentation_config():
     with pytest.raises(ValueError, match=r"unknown augmentation option\(s\) \['rotation'\]; allowed: hflip"):
-        check_config({"rotation": 10})
+        check_augment({"rotation": 10})
     with pytest.raises(ValueError, match=r"augment.zoom must be in \[0, 1\), got 1.5"):
-        check_config({"zoom": 1.5})
-    assert check_config({"hflip": True})["hflip"] == 0.5
+        check_augment({"zoom": 1.5})
+    assert check_augment({"hflip": True})["hflip"] == 0.5
 
 
 def make_split(n=10, size=4):

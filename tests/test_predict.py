@@ -11,7 +11,7 @@ from PIL import Image
 from medzoo.config import load_config
 from medzoo.zoo.checkpoint import FORMAT, load_checkpoint, model_from_checkpoint
 from medzoo.zoo.predict import predict, predict_probs
-from medzoo.zoo.train import train_zoo
+from medzoo.zoo.schedule import train_zoo
 from tests.test_train import tiny_config
 
 

@@ -8,7 +8,8 @@ import torch
 from tests.test_train import read_history, tiny_config
 from medzoo.zoo.checkpoint import load_checkpoint
 from medzoo.config import load_config
-from medzoo.zoo.train import status, train_member, train_zoo
+from medzoo.zoo.member import train_member
+from medzoo.zoo.schedule import status, train_zoo
 
 
 class Killed(BaseException):

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from medzoo.zoo.datasets import open_dataset
-from medzoo.zoo.splits import (check_ratios, read_split_csv, split_name, stratified_folds, stratified_split,
-                        write_split_csv)
+from medzoo.zoo.cards import split_name
+from medzoo.zoo.splits import check_ratios, read_split_csv, stratified_folds, stratified_split, write_split_csv
 
 
 def counts(labels, assign):

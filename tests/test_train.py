@@ -15,8 +15,10 @@ from medzoo.zoo.checkpoint import file_sha256, load_checkpoint, model_from_check
 from medzoo.config import load_config
 from medzoo.zoo.config import parse_config
 from medzoo.zoo.predict import predict, predict_probs
-from medzoo.zoo.train import (accumulation_steps, class_weights, focal_loss, make_optimizer, make_scheduler, roc_auc, status, train_member,
-                       train_zoo)
+from medzoo.zoo.loop import (accumulation_steps, class_weights, focal_loss, make_optimizer, make_scheduler,
+                             validation_auc)
+from medzoo.zoo.member import train_member
+from medzoo.zoo.schedule import status, train_zoo
 
 
 def write_tiny_npz(path: Path, n_train: int = 24, n_val: int = 12, n_test: int = 12, test_labels: bool = False,
@@ -87,7 +89,7 @@ def test_training_writes_checkpoints_history_tables_and_done(tmp_path):
     assert val.meta["config"]["train"]["epochs"] == 2
 
     done = json.loads((mdir / "done.json").read_text())
-    assert done["val_auc"] == pytest.approx(roc_auc(val.labels, val.probs), abs=1e-12)
+    assert done["val_auc"] == pytest.approx(validation_auc(val.labels, val.probs), abs=1e-12)
     assert done["epochs"] == 2 and result["status"] == "trained" and result["test_auc"] is None
     ckpt = load_checkpoint(best)
     assert ckpt["epoch"] == ckpt["best_epoch"] == done["best_epoch"]
@@ -227,11 +229,11 @@ def test_focal_loss_by_hand():
         torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]), weight=w).item())
 
 
-def test_roc_auc_binary_multiclass_and_undefined():
-    assert roc_auc(np.array([0, 0, 1, 1]), np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])) == 0.75
+def test_validation_auc_binary_multiclass_and_undefined():
+    assert validation_auc(np.array([0, 0, 1, 1]), np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])) == 0.75
     probs = np.eye(3)[[0, 1, 2, 0]] * 0.7 + 0.1
-    assert roc_auc(np.array([0, 1, 2, 0]), probs) == 1.0
-    assert math.isnan(roc_auc(np.array([1, 1]), np.array([[0.5, 0.5], [0.2, 0.8]])))
+    assert validation_auc(np.array([0, 1, 2, 0]), probs) == 1.0
+    assert math.isnan(validation_auc(np.array([1, 1]), np.array([[0.5, 0.5], [0.2, 0.8]])))
 
 
 def test_cosine_schedule_with_linear_warmup():

@@ -16,7 +16,7 @@ DEFAULTS = {"hflip": False, "vflip": False, "rotate": 0.0, "zoom": 0.0, "brightn
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's adjust_contrast
 
 
-def check_config(cfg: dict | None) -> dict:
+def check_augment(cfg: dict | None) -> dict:
     """Validate an augmentation config and fill in defaults (everything off).
 
     hflip, vflip: bool (probability 0.5) or a probability in [0, 1].
@@ -116,9 +116,9 @@ def augment_batch(x: torch.Tensor, cfg: dict | None, generator: torch.Generator,
     - flip: only when flips are the only geometric change: exact, on the input (``random_flips``);
       the output then keeps x's memory format.
     Random parameters come from ``generator`` (a CPU generator), one set per image, so a batch is
-    reproducible from the generator's state. ``cfg`` as ``check_config``; None or all off: normalise only.
+    reproducible from the generator's state. ``cfg`` as ``check_augment``; None or all off: normalise only.
     """
-    cfg = check_config(cfg)
+    cfg = check_augment(cfg)
     n, _, h, w = x.shape
     scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
     warp = cfg["rotate"] or cfg["zoom"]

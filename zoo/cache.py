@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from medzoo.core.fileio import atomic_path
 
@@ -40,8 +42,6 @@ def _as_8bit(img):
     16-bit PNG) likewise when every value lies in 0..65535, else by 255/(2**32 - 1) with negative
     values clipped to 0; mode ``F`` (floats) is read as intensities in [0, 1], clipped.
     """
-    from PIL import Image
-
     if img.mode in ("L", "RGB"):
         return img
     if img.mode.startswith("I") or img.mode == "F":
@@ -62,8 +62,6 @@ def decode_image(path: str | Path, size: int, origin: str | None = None) -> np.n
     JPEGs are decoded at the smallest DCT scale that is still at least ``size`` (PIL draft
     mode), which makes downscaling cheap. ``origin`` (e.g. "labels.csv line 7") goes into errors.
     """
-    from PIL import Image
-
     where = f"{origin}: " if origin else ""
     try:
         with Image.open(path) as img:
@@ -90,8 +88,6 @@ def load_images(paths: Sequence[str | Path], size: int, origins: Sequence[str] |
     An unreadable file raises ValueError naming it, unless ``errors`` is given: then its message
     goes to ``errors[row]``, its row is left all zero, and decoding goes on.
     """
-    from tqdm import tqdm
-
     size = _check_size(size)
     origins = list(origins) if origins is not None else [None] * len(paths)
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
@@ -165,6 +161,7 @@ def resize_array(images: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"images have shape {images.shape} and dtype {images.dtype}; expected uint8 "
                          f"[N, H, W], [N, H, W, 1] or [N, H, W, 3]")
     if x.shape[1:3] != (size, size):
+        # Lazy: only resizing arrays (.npz datasets) needs torch; reading cards and decoding files stay torch-free.
         import torch
         import torch.nn.functional as F
 

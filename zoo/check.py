@@ -26,9 +26,11 @@ import torch.nn.functional as F
 
 from medzoo.zoo.config import MemberConfig, ZooConfig
 from medzoo.zoo.datasets import Dataset, decode_all, open_dataset
+from medzoo.zoo.device import resolve_device, use_channels_last
+from medzoo.zoo.loop import amp_setup, make_optimizer, optimizer_step
 from medzoo.zoo.models import create_model, forward_logits
 from medzoo.zoo.predict import tta_flips
-from medzoo.zoo.train import amp_setup, make_optimizer, optimizer_step, resolve_device, status
+from medzoo.zoo.schedule import status
 
 __all__ = ["CheckReport", "check", "check_dataset", "plan_members", "estimate_time", "format_counts",
            "image_digests", "identical_sets", "TINY_CLASS", "SHOWN_PAIRS", "TIMED_STEPS"]
@@ -328,8 +330,7 @@ def _time_steps(member: MemberConfig, num_classes: int, device: torch.device, se
     """``(seconds per training step, seconds per forward pass)`` of a randomly initialised member."""
     t = member.train
     torch.manual_seed(seed)
-    channels_last = t.channels_last is True or (t.channels_last == "auto" and device.type == "cuda")
-    fmt = torch.channels_last if channels_last else torch.preserve_format
+    fmt = torch.channels_last if use_channels_last(t, device) else torch.preserve_format
     model = create_model(member.model, num_classes=num_classes).to(device, memory_format=fmt)
     model.train()
     optimizer = make_optimizer(model, t)

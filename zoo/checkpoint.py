@@ -3,11 +3,12 @@
 A medzoo checkpoint is a dict saved with ``torch.save``. Keys:
 ``format`` ("medzoo-checkpoint"), ``arch`` (registry name), ``classes``, ``size``, ``mean``,
 ``std``, ``member``, ``dataset``, ``vflip`` (trained with vertical flips: TTA may use them),
-``model`` (the model's state dict, where ``zoo.models.create_model(pretrained=path)`` looks), ``epoch`` (epochs completed), ``best_auc``,
-``best_epoch``, ``bad_epochs`` (early-stopping counter), ``stopped`` (early stop reached),
-``history`` (list of per-epoch dicts), ``config`` (the member's resolved config), and in
-``last.pt`` also ``optimizer``, ``scheduler``, ``scaler`` and ``rng``. It is self-contained:
-``medzoo predict`` needs nothing else.
+``model`` (the model's state dict, where ``zoo.models.create_model(pretrained=path)`` looks),
+``epoch`` (epochs completed), ``best_auc``, ``best_epoch``, ``bad_epochs`` (early-stopping
+counter), ``stopped`` (early stop reached), ``history`` (list of per-epoch dicts), ``config``
+(the member's resolved config), and in a member's resume checkpoint (``MemberDir.last``; the
+best one is ``MemberDir.best``) also ``optimizer``, ``scheduler``, ``scaler`` and ``rng``. It is
+self-contained: ``medzoo predict`` needs nothing else.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from medzoo.core.fileio import atomic_path
+from medzoo.core.rundir import MemberDir
+from medzoo.zoo.models import create_model
 
 FORMAT = "medzoo-checkpoint"
 NUMPY_RNG_GLOBALS = (np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType)
@@ -39,10 +42,10 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location="cpu", weights_only: bool = True) -> dict:
     """Load a medzoo checkpoint; raises naming the file when it is missing or not one.
 
-    ``weights_only=True`` (safe unpickling) reads ``best.pt`` and ``last.pt`` alike: the numpy
-    arrays of ``last.pt``'s RNG state are allowed (:data:`NUMPY_RNG_GLOBALS`), nothing else is.
-    ``False`` unpickles anything: use it only for files this run wrote itself. Errors are one line;
-    a ``last.pt`` that still cannot be read safely points at the ``best.pt`` beside it.
+    ``weights_only=True`` (safe unpickling) reads best and resume checkpoints alike: the numpy
+    arrays of the resume checkpoint's RNG state are allowed (:data:`NUMPY_RNG_GLOBALS`), nothing
+    else is. ``False`` unpickles anything: use it only for files this run wrote itself. Errors are
+    one line; a resume checkpoint that still cannot be read safely points at the best one beside it.
     """
     path = Path(path)
     if not path.is_file():
@@ -52,9 +55,10 @@ def load_checkpoint(path: str | Path, map_location="cpu", weights_only: bool = T
         with allowed:
             state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        if weights_only and path.name == "last.pt" and isinstance(e, pickle.UnpicklingError):
-            raise ValueError(f"{path} is a resume checkpoint (last.pt); predict with best.pt beside it: "
-                             f"{path.with_name('best.pt')}") from None
+        files = MemberDir(path.parent)
+        if weights_only and path.name == files.last.name and isinstance(e, pickle.UnpicklingError):
+            raise ValueError(f"{path} is a resume checkpoint ({files.last.name}); predict with {files.best.name} "
+                             f"beside it: {files.best}") from None
         raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a medzoo checkpoint (no format = {FORMAT!r}); "
@@ -97,10 +101,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model stored in a checkpoint (``best.pt``, or ``last.pt``: its last epoch's weights),
-    in eval mode on ``device``; returns ``(model, checkpoint)``."""
-    from medzoo.zoo.models import create_model
-
+    """Rebuild the model stored in a checkpoint (a member's best, or its resume checkpoint: the last
+    epoch's weights), in eval mode on ``device``; returns ``(model, checkpoint)``."""
     ckpt = load_checkpoint(path)
     model = create_model(ckpt["arch"], num_classes=len(ckpt["classes"]))
     model.load_state_dict(ckpt["model"])

@@ -55,7 +55,7 @@ def _train(args) -> int:
     overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
     cfg = load_config(args.config, overrides)
     from medzoo.zoo.distributed import env_info  # after the config check, so a typo fails before torch loads
-    from medzoo.zoo.train import train_zoo
+    from medzoo.zoo.schedule import train_zoo
 
     results = train_zoo(cfg, members=args.members, results_dir=args.results, extend=args.extend)
     if env_info().rank != 0:
@@ -85,7 +85,7 @@ def _predict(args) -> int:
 
 
 def _status(args) -> int:
-    from medzoo.zoo.train import status
+    from medzoo.zoo.schedule import status
 
     rows = status(args.run_dir)
     if not rows:

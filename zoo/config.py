@@ -27,9 +27,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from medzoo.core.fileio import write_json
 from medzoo.core.names import unknown_name
-from medzoo.zoo.tomlfile import read_toml
+from medzoo.zoo.tomlfile import merge_tables, read_toml
 
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -123,7 +122,7 @@ class ZooConfig:
         return self.members[ids.index(member_id)]
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict of the resolved config (what ``config.json`` holds)."""
+        """Plain JSON-able dict of the resolved config (what a run folder records, ``RunDir.write_config``)."""
         return asdict(self)
 
 
@@ -139,7 +138,7 @@ def read_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
 
 def parse_config(raw: dict, overrides: dict | None = None, source: str | None = None) -> ZooConfig:
     """Validate a config dict (the parsed TOML) into a :class:`ZooConfig`."""
-    raw = _merge(raw, overrides or {})
+    raw = merge_tables(raw, overrides or {})
     forced = dict((overrides or {}).get("train", {}))
     top = {f.name for f in fields(ZooConfig)} - {"members", "train", "source"}
     _check_keys(raw, top | {"members", "train"}, "the config")
@@ -205,7 +204,7 @@ def parse_train(raw: dict, where: str) -> TrainConfig:
 
 
 def config_differences(recorded: dict, given: dict) -> list[str]:
-    """What differs between a run folder's ``config.json`` and a resolved config, one line per key.
+    """What differs between a run folder's recorded config and a resolved config, one line per key.
 
     Both are :meth:`ZooConfig.to_dict` dicts; members are matched by id. ``source`` and
     ``data_root`` are not compared (the same run may be continued from another folder or
@@ -252,6 +251,8 @@ def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberC
         raise ValueError(f"{where} needs model = \"<name>\", got {raw!r}")
     train_keys = [f.name for f in fields(TrainConfig)]
     _check_keys(raw, ["model", "size", "id", *train_keys], where)
+    # Lazy: the model registry imports torch, and this module stays torch-free so that
+    # medzoo.config checks the other sections of a config before torch loads.
     from medzoo.zoo.models import list_models, model_info
 
     model = raw["model"]
@@ -264,7 +265,7 @@ def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberC
     member_id = str(raw.get("id", model))
     if not member_id or "/" in member_id or member_id.startswith("."):
         raise ValueError(f"{where}: id {member_id!r} must be a plain folder name")
-    merged = _merge(_merge(defaults_raw, {k: v for k, v in raw.items() if k in train_keys}), forced)
+    merged = merge_tables(merge_tables(defaults_raw, {k: v for k, v in raw.items() if k in train_keys}), forced)
     return MemberConfig(id=member_id, model=model, size=size, train=parse_train(merged, f"{where} ({member_id})"))
 
 
@@ -273,10 +274,10 @@ def _parse_augment(raw: dict, where: str) -> AugmentConfig:
     values = {f.name: _check_type(f"{where} {f.name}", raw[f.name], type(f.default))
               for f in fields(AugmentConfig) if f.name in raw}
     aug = AugmentConfig(**values)
-    from medzoo.zoo.augment import check_config
+    from medzoo.zoo.augment import check_augment  # lazy: it imports torch (see _parse_member)
 
     try:
-        check_config(asdict(aug))
+        check_augment(asdict(aug))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     return aug
@@ -323,12 +324,4 @@ def _check_keys(raw: dict, allowed, where: str) -> None:
     for k in raw:
         if k not in allowed:
             raise ValueError(f"{where}: " + unknown_name("key", k, allowed, label="allowed"))
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """Deep merge of nested dicts; ``over`` wins."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 

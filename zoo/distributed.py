@@ -6,7 +6,7 @@ group (NCCL on CUDA, gloo on the CPU) with a timeout so a dead peer ends the job
 hanging it.
 
 A zoo across jobs: every job that wants to train a member first takes its claim file
-``members/<id>/claim.json`` (:func:`try_claim`). The file is created atomically and
+(``MemberDir.claim``, :func:`try_claim`). The file is created atomically and
 exclusively (written under a temporary name, then hard-linked into place, which fails when it
 exists: safe on NFS too) and names the host, pid, start time and a heartbeat refreshed by a
 background thread and at each epoch. A claim whose heartbeat is older than the timeout, or whose

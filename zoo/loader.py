@@ -7,12 +7,14 @@ non-blocking on CUDA), then converted to float, augmented and normalised there b
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from medzoo.zoo.augment import augment_batch, check_config
+from medzoo.zoo.augment import augment_batch, check_augment
 from medzoo.zoo.models import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -26,9 +28,6 @@ def keep_freed_memory() -> bool:
     heap: memory freed stays mapped for the next batch, and the process keeps its peak size.
     Process-wide; call once at start-up of a CPU run. Returns False where it does not apply (no glibc).
     """
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_max = -1, -4
@@ -47,7 +46,7 @@ class BatchLoader:
 
     images: uint8 [N, H, W, 3] (numpy or torch, RGB); labels: int64 [N] (-1 = unknown is passed through).
     Yields x float32 [B, 3, H, W] normalised with mean/std (in [0, 1] units) on ``device``, optionally
-    augmented (``augment``: a ``zoo.augment.check_config`` dict), in channels_last memory format when
+    augmented (``augment``: a ``zoo.augment.check_augment`` dict), in channels_last memory format when
     asked; y int64 [B] on ``device``; idx int64 [B] on the CPU: the rows of the split in this batch.
     Holds one uint8 copy of the images (none for a contiguous NHWC array with channels_last).
 
@@ -83,7 +82,7 @@ class BatchLoader:
         self.seed = seed
         self.device = torch.device(device)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.augment = check_config(augment) if augment else None
+        self.augment = check_augment(augment) if augment else None
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
         self.channels_last = channels_last

@@ -1,8 +1,9 @@
 """Model registry and factory: the only way a medzoo member is built.
 
-Every architecture is registered once with ``@register`` next to its metadata (family, default and
-minimum input size, normalisation mean/std); ``create_model`` builds it with a new head for
-``num_classes``, optionally ``in_chans`` input channels and pretrained weights.
+Every architecture is registered once in :data:`MODELS` with :func:`register`, its metadata beside
+the builder (family, default and minimum input size, normalisation mean/std; the family says where
+the classification head(s) and the first convolution are); ``create_model`` builds it with a new
+head for ``num_classes``, optionally ``in_chans`` input channels and pretrained weights.
 """
 from __future__ import annotations
 
@@ -21,25 +22,10 @@ from torchvision.models.inception import BasicConv2d, InceptionA, InceptionAux, 
 from torchvision.models.inception import InceptionD, InceptionE
 
 from medzoo.core.names import unknown_name
+from medzoo.core.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the data pipeline needs to know about a registered model.
-
-    ``min_size`` is the smallest square input (pixels) the model trains on, forward and backward in
-    train mode; ``default_size`` is the size its ImageNet weights were trained at.
-    """
-
-    name: str
-    family: str
-    default_size: int
-    min_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -58,24 +44,44 @@ FAMILIES = {
     "inception": Family(heads=("fc", "AuxLogits.fc"), first_conv="Conv2d_1a_3x3.conv"),
 }
 
-_REGISTRY: dict[str, tuple[ModelInfo, Callable[[], nn.Module]]] = {}
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the data pipeline needs to know about a registered model: its registry entry's metadata.
+
+    ``min_size`` is the smallest square input (pixels) the model trains on, forward and backward in
+    train mode; ``default_size`` is the size its ImageNet weights were trained at; ``mean``/``std``
+    (RGB, in [0, 1] units) normalise its inputs.
+    """
+
+    name: str
+    family: str
+    default_size: int
+    min_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def layout(self) -> Family:
+        """Where this model's head(s) and first convolution are."""
+        return FAMILIES[self.family]
 
 
-def register(name: str, family: str, *, min_size: int = 32, default_size: int = 224):
+MODELS = Registry("model")
+
+
+def register(name: str, family: str, *, min_size: int = 32, default_size: int = 224,
+             mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
+             description: str | None = None) -> Callable:
     """Decorator: register ``builder() -> nn.Module`` (the ImageNet architecture, 1000 classes) as ``name``.
 
-    Raises ValueError for a name registered twice or an unknown family.
+    The keyword arguments are the entry's metadata (see :class:`ModelInfo`). Raises ValueError for
+    a name registered twice or an unknown family.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r} for model {name!r}; known: {', '.join(FAMILIES)}")
-
-    def deco(builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = (ModelInfo(name, family, default_size, min_size), builder)
-        return builder
-
-    return deco
+    return MODELS.register(name, description=description, family=family, default_size=default_size,
+                           min_size=min_size, mean=mean, std=std)
 
 
 def _torchvision(name: str) -> Callable[[], nn.Module]:
@@ -85,14 +91,18 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
 # Minimum size 32 px: the last stage of ResNet, DenseNet, VGG and SqueezeNet then sees a 1x1 map. Some
 # run on less (ResNet on 8 px), but their deepest stages then only see padding; VGG fails below 32.
 for _depth in (18, 34, 50, 101, 152):
-    register(f"resnet{_depth}", "resnet")(_torchvision(f"resnet{_depth}"))
+    register(f"resnet{_depth}", "resnet", description=f"torchvision's ResNet-{_depth}")(
+        _torchvision(f"resnet{_depth}"))
 for _depth in (121, 161, 169, 201):
-    register(f"densenet{_depth}", "densenet")(_torchvision(f"densenet{_depth}"))
+    register(f"densenet{_depth}", "densenet", description=f"torchvision's DenseNet-{_depth}")(
+        _torchvision(f"densenet{_depth}"))
 for _depth in (11, 13, 16, 19):
-    register(f"vgg{_depth}", "vgg")(_torchvision(f"vgg{_depth}"))
-    register(f"vgg{_depth}_bn", "vgg")(_torchvision(f"vgg{_depth}_bn"))
+    register(f"vgg{_depth}", "vgg", description=f"torchvision's VGG-{_depth}")(_torchvision(f"vgg{_depth}"))
+    register(f"vgg{_depth}_bn", "vgg", description=f"torchvision's VGG-{_depth} with batch normalisation")(
+        _torchvision(f"vgg{_depth}_bn"))
 for _version in ("1_0", "1_1"):
-    register(f"squeezenet{_version}", "squeezenet")(_torchvision(f"squeezenet{_version}"))
+    register(f"squeezenet{_version}", "squeezenet",
+             description=f"torchvision's SqueezeNet {_version.replace('_', '.')}")(_torchvision(f"squeezenet{_version}"))
 
 
 class SmallInputInceptionAux(InceptionAux):
@@ -113,6 +123,7 @@ class SmallInputInceptionAux(InceptionAux):
 
 @register("inception_v3", "inception", min_size=75, default_size=299)
 def _inception_v3() -> nn.Module:
+    """torchvision's Inception v3 with its auxiliary head, on inputs down to 75 px."""
     blocks = [BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, SmallInputInceptionAux]
     # transform_input re-normalises ImageNet-normalised input to the [-1, 1] range Google's weights expect.
     return torchvision.models.inception_v3(
@@ -122,14 +133,18 @@ def _inception_v3() -> nn.Module:
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(MODELS.names())
 
 
 def model_info(name: str) -> ModelInfo:
-    """Metadata of a registered model; ValueError naming the closest names for an unknown one."""
-    if name not in _REGISTRY:
+    """Metadata of a registered model; ValueError naming the closest names for an unknown one.
+
+    The error lists the names sorted, as :func:`list_models` does (the registry keeps them in
+    registration order).
+    """
+    if name not in MODELS:
         raise ValueError(unknown_name("model", name, list_models()))
-    return _REGISTRY[name][0]
+    return ModelInfo(name, **MODELS[name].meta)
 
 
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -240,8 +255,8 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
     info = model_info(name)
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
-    family = FAMILIES[info.family]
-    model = _REGISTRY[name][1]()
+    family = info.layout
+    model = MODELS[name].target()
     from_file = isinstance(pretrained, (str, os.PathLike))
     if not (from_file or isinstance(pretrained, bool) or pretrained is None):
         raise ValueError(f"pretrained must be True, False or a path, got {pretrained!r}")
@@ -265,7 +280,7 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
 
 def head_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
     """Parameters of the classification head(s) of a model built by ``create_model(name, ...)``."""
-    return [p for head in FAMILIES[model_info(name).family].heads for p in model.get_submodule(head).parameters()]
+    return [p for head in model_info(name).layout.heads for p in model.get_submodule(head).parameters()]
 
 
 def set_backbone_trainable(model: nn.Module, name: str, trainable: bool) -> None:

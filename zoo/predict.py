@@ -13,9 +13,9 @@ import torch
 
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo import distributed
-from medzoo.zoo.cache import IMAGE_EXTENSIONS
+from medzoo.zoo.cache import IMAGE_EXTENSIONS, load_images
 from medzoo.zoo.checkpoint import file_sha256, model_from_checkpoint
-from medzoo.zoo.datasets import load_images
+from medzoo.zoo.device import resolve_device
 from medzoo.zoo.loader import BatchLoader
 
 
@@ -80,11 +80,9 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], *, out: str | 
             tta: bool = False, device: str = "auto", batch_size: int = 64) -> ProbabilityTable:
     """Probability table (labels unknown) for new image files or folders, from one checkpoint.
 
-    The checkpoint (``best.pt``, or ``last.pt`` for the last epoch's weights) carries the
+    The checkpoint (a member's best, or its resume checkpoint for the last epoch's weights) carries the
     architecture, classes, input size and normalisation. Writes the table to ``out`` when given.
     """
-    from medzoo.zoo.train import resolve_device  # zoo.train imports this module
-
     dev = resolve_device(device)
     model, ckpt = model_from_checkpoint(checkpoint, dev)
     paths = image_paths(inputs)
