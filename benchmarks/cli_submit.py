@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from medzoo.benchmarks.submission import FORMATS
+from medzoo.benchmarks.challenges import CHALLENGES
 
 
 def _formats_help() -> str:
-    return "formats:\n" + "\n".join(f"  {name:<11} {fmt.doc}" for name, fmt in sorted(FORMATS.items()))
+    return "formats:\n" + "\n".join(f"  {e.name:<11} {e.description}" for e in sorted(CHALLENGES, key=lambda e: e.name))
 
 
 def _class_map(pairs: list[str] | None) -> dict | None:

@@ -1,8 +1,8 @@
 """The leaderboard of a run: every member and every ensemble, ranked by validation AUC, with test alongside.
 
-Reads ``RUN_DIR/predictions/<member>/{val,test}.csv`` and ``RUN_DIR/ensembles/<name>/{val,test}.csv``
-(probability tables) and writes ``RUN_DIR/leaderboard.csv``, ``RUN_DIR/leaderboard.md`` and
-``RUN_DIR/plots/*.png``.
+Reads the validation and test probability tables of every member and every ensemble of a run
+(:class:`~medzoo.core.rundir.RunDir` knows where they are) and writes the run's ``leaderboard.csv``,
+``leaderboard.md`` and ``plots/*.png``.
 
 What each column means (the metric conventions are in :mod:`benchmarks.metrics`):
 
@@ -31,12 +31,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from medzoo.benchmarks import metrics
-from medzoo.core.rundir import RunDir
+from medzoo.benchmarks.plots import draw_board
 from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
+from medzoo.core.rundir import TABLE_FOLDERS, RunDir
 from medzoo.ensemble.table import ProbabilityTable, align
+from medzoo.zoo.datasets import load_card
 
-SOURCES = (("member", "predictions"), ("ensemble", "ensembles"))
 CONFIG_KEYS = ("threshold", "sensitivity", "bootstrap", "seed")
 
 
@@ -84,21 +85,21 @@ class Board:
 
 
 def find_entries(run_dir: str | Path) -> tuple[list[Entry], list[str]]:
-    """Every member and ensemble with a validation table, sorted by kind then name; plus notes on skipped ones."""
-    run_dir = Path(run_dir)
+    """Every member and ensemble with a validation table (members first, each kind by name); notes on skipped ones."""
+    rd = RunDir(run_dir)
     entries, notes = [], []
-    for kind, folder in SOURCES:
-        base = run_dir / folder
-        for d in sorted(p for p in base.glob("*") if p.is_dir()) if base.is_dir() else []:
-            if not (d / "val.csv").exists():
-                notes.append(f"{kind} {d.name!r} skipped: no val.csv in {d}")
+    for kind in TABLE_FOLDERS:
+        for name in rd.table_names(kind):
+            val_path, test_path = rd.table(kind, name, "val"), rd.table(kind, name, "test")
+            if not val_path.exists():
+                notes.append(f"{kind} {name!r} skipped: no {val_path.name} in {val_path.parent}")
                 continue
-            val = ProbabilityTable.read(d / "val.csv")
-            test = ProbabilityTable.read(d / "test.csv") if (d / "test.csv").exists() else None
+            val = ProbabilityTable.read(val_path)
+            test = ProbabilityTable.read(test_path) if test_path.exists() else None
             members = [str(m) for m in val.meta.get("members", [])] if kind == "ensemble" else []
-            entries.append(Entry(d.name, kind, val, test, members))
+            entries.append(Entry(name, kind, val, test, members))
     if not entries:
-        raise FileNotFoundError(f"no probability tables under {run_dir / 'predictions'} or {run_dir / 'ensembles'} "
+        raise FileNotFoundError(f"no probability tables under {rd.tables('member')} or {rd.tables('ensemble')} "
                                 f"(expected <id>/val.csv); run `medzoo train` and `medzoo ensemble` first")
     return entries, notes
 
@@ -119,9 +120,8 @@ def card_views(name: str | None, classes: list[str]) -> tuple[list[Task], str | 
     if not name:
         return [], "views skipped: no dataset named in config.json or the tables' metadata"
     try:
-        from medzoo.zoo.datasets import load_card
         card = load_card(name)
-    except (ImportError, FileNotFoundError, ValueError, KeyError) as e:  # no card: the board works without views
+    except FileNotFoundError as e:  # neither a shipped card nor a data path here: the board works without views
         return [], f"views skipped: could not load dataset card {name!r} ({type(e).__name__}: {e})"
     tasks = []
     for view in card.views or []:
@@ -377,10 +377,11 @@ def config_options(run_dir: str | Path, **overrides) -> dict:
     = not given) win over the section; a ``threshold`` given here replaces the section's
     ``sensitivity``. Keys left out take :func:`collect`'s defaults.
     """
+    rd = RunDir(run_dir)
     try:
-        options = check_options(RunDir(run_dir).read_config().get("leaderboard"))
+        options = check_options(rd.read_config().get("leaderboard"))
     except ValueError as e:
-        raise ValueError(f"{Path(run_dir) / 'config.json'}: {e}") from None
+        raise ValueError(f"{rd.config_json}: {e}") from None
     given = {k: v for k, v in overrides.items() if v is not None}
     if "threshold" in given:
         options.pop("sensitivity", None)
@@ -393,11 +394,10 @@ def write_leaderboard(run_dir: str | Path, threshold: str | float = "youden", bo
 
     Takes the config's ``[leaderboard]`` keys as keyword arguments (``threshold`` or ``sensitivity``, ``bootstrap``).
     """
-    run_dir = Path(run_dir)
-    board = collect(run_dir, threshold, bootstrap, seed, sensitivity)
-    write_text(run_dir / "leaderboard.csv", board.frame.to_csv(index=False))
-    write_text(run_dir / "leaderboard.md", to_markdown(board.frame))
+    rd = RunDir(run_dir)
+    board = collect(rd.path, threshold, bootstrap, seed, sensitivity)
+    write_text(rd.leaderboard_csv, board.frame.to_csv(index=False))
+    write_text(rd.leaderboard_md, to_markdown(board.frame))
     if plots:
-        from medzoo.benchmarks.plots import draw_board
-        board.info["plots"] = [str(p) for p in draw_board(run_dir, board)]
+        board.info["plots"] = [str(p) for p in draw_board(rd.path, board)]
     return board.frame

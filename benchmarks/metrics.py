@@ -8,8 +8,9 @@ Conventions shared by every function here:
   have both positives and negatives (macro). Functions that accept both tell them apart by ``ndim``.
 * Absent classes: a class without positives (or without negatives) has no AUC (NaN from
   :func:`roc_auc`) and is skipped by the macro mean (:func:`macro_mean`); the mean is NaN only when no
-  class has one. ``benchmarks.scoring`` uses the same two functions. (``ensemble.auc`` is stricter: it
-  raises, since an ensemble search needs every candidate scored on the same classes.)
+  class has one. The challenge scorers (``benchmarks.challenges``) use the same two functions.
+  (``ensemble.auc`` is stricter: it raises, since an ensemble search needs every candidate scored on
+  the same classes.)
 * AUC values come from ``ensemble.auc`` (exact Mann-Whitney from midranks): ties between a positive and
   a negative count one half, equal to scikit-learn's ``roc_auc_score`` to rounding.
 
@@ -30,7 +31,10 @@ from medzoo.ensemble import auc as exact
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Binary ROC-AUC of ``score [N]`` for ``y [N]``; NaN when ``y`` holds only one class."""
+    """Binary ROC-AUC of ``score [N]`` for ``y [N]`` (bool or 0/1); NaN when ``y`` holds only one class.
+
+    One score per case; the AUC of a table problem (``labels [N]``, ``probs [N, C]``) is :func:`auc_score`.
+    """
     y = np.asarray(y).astype(bool)
     if y.all() or not y.any():
         return float("nan")
@@ -135,6 +139,18 @@ def threshold_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dic
     sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
     return {"sensitivity": sens, "specificity": ratio(tn, tn + fp), "ppv": ppv, "npv": ratio(tn, tn + fn),
             "f1": ratio(2 * tp, 2 * tp + fp + fn), "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def specificity_at_sensitivity(y: np.ndarray, score: np.ndarray, sensitivity: float = 0.95) -> float:
+    """Best specificity over thresholds ``score >= t`` whose sensitivity is at least ``sensitivity``.
+
+    ``y [N]`` (bool or 0/1), ``score [N]``; NaN when ``y`` holds only one class.
+    """
+    y = np.asarray(y)
+    if not 0 < y.sum() < len(y):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, score, drop_intermediate=False)
+    return float((1.0 - fpr[tpr >= sensitivity - 1e-12]).max())
 
 
 def midranks(x: np.ndarray) -> np.ndarray:

@@ -10,36 +10,30 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
 
 from medzoo.benchmarks import metrics
 from medzoo.core.fileio import atomic_path
+from medzoo.core.rundir import RunDir
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: leaderboard imports this module to draw its board
     from medzoo.benchmarks.leaderboard import Board
 
 KIND_COLORS = {"member": "tab:gray", "ensemble": "tab:blue"}
 HISTORY_PANELS = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("val_auc", "validation AUC"))
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
     return path
 
 
 def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, path: str | Path) -> Path:
     """ROC curves, one per ``(label, y [N] bool, score [N])``, each labelled with its AUC."""
-    from sklearn.metrics import roc_curve
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     for label, y, score in curves:
         fpr, tpr, _ = roc_curve(y, score)
         ax.plot(fpr, tpr, lw=1.6, label=f"{label} (AUC {metrics.roc_auc(y, score):.4f})")
@@ -53,12 +47,12 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, p
 
 def plot_confusion(matrix: np.ndarray, names: Sequence[str], title: str, path: str | Path) -> Path:
     """A ``[C, C]`` confusion matrix (rows true, columns predicted) with counts and row fractions."""
-    plt = _pyplot()
     matrix = np.asarray(matrix)
     rows = matrix.sum(axis=1, keepdims=True)
     frac = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     c = len(names)
-    fig, ax = plt.subplots(figsize=(1.4 * c + 2.2, 1.2 * c + 1.6))
+    fig = Figure(figsize=(1.4 * c + 2.2, 1.2 * c + 1.6))
+    ax = fig.subplots()
     ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     for i in range(c):
         for j in range(c):
@@ -73,10 +67,10 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], title: str, path: s
 def plot_auc_bars(names: Sequence[str], kinds: Sequence[str], auc: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                   title: str, path: str | Path, reference: float | None = None) -> Path:
     """Horizontal AUC bars with CI whiskers, first name on top; ``reference`` draws a dashed line."""
-    plt = _pyplot()
     auc, lo, hi = (np.asarray(a, dtype=float) for a in (auc, lo, hi))
     n = len(names)
-    fig, ax = plt.subplots(figsize=(7, 0.32 * n + 1.4))
+    fig = Figure(figsize=(7, 0.32 * n + 1.4))
+    ax = fig.subplots()
     ypos = np.arange(n)[::-1]
     err = np.vstack([np.nan_to_num(auc - lo), np.nan_to_num(hi - auc)])
     ax.barh(ypos, auc, xerr=err, color=[KIND_COLORS.get(k, "tab:orange") for k in kinds], capsize=3, height=0.7)
@@ -94,8 +88,8 @@ def plot_auc_bars(names: Sequence[str], kinds: Sequence[str], auc: np.ndarray, l
 
 def plot_training_curves(histories: dict[str, pd.DataFrame], path: str | Path) -> Path:
     """One panel per history column (train loss, validation loss, validation AUC), one line per member."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(HISTORY_PANELS), figsize=(5 * len(HISTORY_PANELS), 4))
+    fig = Figure(figsize=(5 * len(HISTORY_PANELS), 4))
+    axes = fig.subplots(1, len(HISTORY_PANELS))
     for ax, (col, label) in zip(axes, HISTORY_PANELS):
         for member, h in histories.items():
             if col in h.columns:
@@ -120,49 +114,67 @@ def _task_arrays(board: "Board", table) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def draw_board(run_dir: str | Path, board: "Board") -> list[Path]:
-    """Draw every leaderboard figure into ``run_dir/plots``; returns the files written."""
-    out = Path(run_dir) / "plots"
-    frame, split = board.frame, _split_for(board)
-    order = [(r.kind, r.entry) for r in frame.itertuples()]
+    """Draw every leaderboard figure into the run's ``plots/``; returns the files written.
+
+    ROC curves of the top three ensembles and the best member, the confusion matrix of the top
+    entry, AUC bars with CIs, and the members' training curves, each where there is something to draw.
+    """
+    rd = RunDir(run_dir)
+    split = _split_for(board)
+    order = [(r.kind, r.entry) for r in board.frame.itertuples()]
     scored = [k for k in order if (board.entries[k].test_labelled if split == "test" else board.entries[k].val.has_labels)]
     best = board.info.get("best_member")
     pick = [k for k in scored if k[0] == "ensemble"][:3] + [k for k in scored if k == ("member", best)]
     written = []
     if pick:
-        curves = []
-        for kind, name in pick:
-            t = getattr(board.entries[(kind, name)], split)
-            y, score, what = _task_arrays(board, t)
-            curves.append((f"{name}" + (" (best member)" if kind == "member" else ""), y, score))
-        withheld = " (test labels withheld)" if split == "val" and board.info.get("n_test") else ""
-        written.append(plot_roc(curves, f"ROC on {split}{withheld}, {what}", out / "roc.png"))
+        written.append(_draw_roc(board, pick, split, rd.plots / "roc.png"))
     if scored:
-        top = scored[0]
-        e = board.entries[top]
-        t = getattr(e, split)
-        row = frame[(frame["kind"] == top[0]) & (frame["entry"] == top[1])].iloc[0]
-        if len(board.classes) == 2 and board.primary is not None and np.isfinite(row["threshold"]):
-            p = board.primary
-            y, score = p.truth(t.labels), p.score(t.probs)
-            m = metrics.threshold_metrics(y, score, row["threshold"])
-            matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
-            names = [board.classes[1 - p.positive[0]], board.classes[p.positive[0]]]
-            how = f"threshold {row['threshold']:.4g} ({board.info['threshold']} on val)"
-        else:
-            matrix, names, how = metrics.argmax_metrics(t.labels, t.probs)["confusion"], board.classes, "argmax"
-        written.append(plot_confusion(matrix, names, f"{top[1]} on {split}, {how}", out / "confusion.png"))
-    col = f"{split}_auc"
-    shown = frame[frame[col].notna()]
+        written.append(_draw_confusion(board, scored[0], split, rd.plots / "confusion.png"))
+    shown = board.frame[board.frame[f"{split}_auc"].notna()]
     if len(shown):
-        ref = shown.loc[(shown["kind"] == "member") & (shown["entry"] == best), col]
-        written.append(plot_auc_bars(list(shown["entry"]), list(shown["kind"]), shown[col], shown[f"{col}_lo"],
-                                     shown[f"{col}_hi"], f"{split} ROC-AUC with stratified-bootstrap 95% CI",
-                                     out / "auc_ci.png", float(ref.iloc[0]) if len(ref) else None))
+        written.append(_draw_auc_bars(shown, split, best, rd.plots / "auc_ci.png"))
     histories = {}
-    for d in sorted((Path(run_dir) / "members").glob("*/history.csv")):
-        h = pd.read_csv(d)
-        if len(h) and "epoch" in h.columns:
-            histories[d.parent.name] = h
+    for member in rd.member_ids():
+        path = rd.member(member).history
+        if path.exists():
+            h = pd.read_csv(path)
+            if len(h) and "epoch" in h.columns:
+                histories[member] = h
     if histories:
-        written.append(plot_training_curves(histories, out / "training_curves.png"))
+        written.append(plot_training_curves(histories, rd.plots / "training_curves.png"))
     return written
+
+
+def _draw_roc(board: "Board", pick: list[tuple[str, str]], split: str, path: Path) -> Path:
+    """ROC curves of the entries ``pick`` (``(kind, name)`` keys, at least one) on ``split``."""
+    curves = []
+    for kind, name in pick:
+        y, score, what = _task_arrays(board, getattr(board.entries[(kind, name)], split))
+        curves.append((f"{name}" + (" (best member)" if kind == "member" else ""), y, score))
+    withheld = " (test labels withheld)" if split == "val" and board.info.get("n_test") else ""
+    return plot_roc(curves, f"ROC on {split}{withheld}, {what}", path)
+
+
+def _draw_confusion(board: "Board", top: tuple[str, str], split: str, path: Path) -> Path:
+    """The confusion matrix of entry ``top``: at its threshold for one binary task, else of the argmax."""
+    t = getattr(board.entries[top], split)
+    frame = board.frame
+    row = frame[(frame["kind"] == top[0]) & (frame["entry"] == top[1])].iloc[0]
+    if len(board.classes) == 2 and board.primary is not None and np.isfinite(row["threshold"]):
+        p = board.primary
+        m = metrics.threshold_metrics(p.truth(t.labels), p.score(t.probs), row["threshold"])
+        matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+        names = [board.classes[1 - p.positive[0]], board.classes[p.positive[0]]]
+        how = f"threshold {row['threshold']:.4g} ({board.info['threshold']} on val)"
+    else:
+        matrix, names, how = metrics.argmax_metrics(t.labels, t.probs)["confusion"], board.classes, "argmax"
+    return plot_confusion(matrix, names, f"{top[1]} on {split}, {how}", path)
+
+
+def _draw_auc_bars(shown: pd.DataFrame, split: str, best: str | None, path: Path) -> Path:
+    """AUC bars of the ``shown`` leaderboard rows, member ``best``'s AUC as the reference line."""
+    col = f"{split}_auc"
+    ref = shown.loc[(shown["kind"] == "member") & (shown["entry"] == best), col]
+    return plot_auc_bars(list(shown["entry"]), list(shown["kind"]), shown[col], shown[f"{col}_lo"],
+                         shown[f"{col}_hi"], f"{split} ROC-AUC with stratified-bootstrap 95% CI",
+                         path, float(ref.iloc[0]) if len(ref) else None)

@@ -1,7 +1,7 @@
 """The whole-config check: a zoo config TOML read and every section validated before any work.
 
 ``medzoo.zoo.config`` owns the run, dataset, ``[train]`` and ``[[members]]`` part; each later
-stage owns its section's schema (``[ensemble]``: :func:`medzoo.ensemble.run.check_config`,
+stage owns its section's schema (``[ensemble]``: :func:`medzoo.ensemble.run.check_ensemble_config`,
 ``[leaderboard]``: :func:`medzoo.benchmarks.leaderboard.check_options`, ``[submission]``:
 :func:`medzoo.benchmarks.submission.check_options`). :func:`load_config` runs them all, so a
 typo anywhere fails in the first seconds of ``medzoo train``, ``check`` or ``bench``, not after
@@ -19,7 +19,7 @@ from medzoo.zoo.tomlfile import read_toml
 
 CONFIG_DIR = Path(leaderboard.__file__).resolve().parent
 SECTION_CHECKS = {
-    "ensemble": ensemble_run.check_config,
+    "ensemble": ensemble_run.check_ensemble_config,
     "leaderboard": leaderboard.check_options,
     "submission": submission.check_options,
 }

@@ -1,14 +1,13 @@
 import argparse
 import json
 import math
-import sys
 import types
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from medzoo.benchmarks import cli_leaderboard
+from medzoo.benchmarks import cli_leaderboard, leaderboard
 from medzoo.benchmarks.leaderboard import build_leaderboard, check_options, config_options, write_leaderboard
 from medzoo.ensemble.table import ProbabilityTable
 
@@ -64,10 +63,8 @@ def isic_card(monkeypatch):
     card = types.SimpleNamespace(name="isic-like", classes=THREE, views=[
         {"name": "melanoma", "positive": ["melanoma"]},
         {"name": "seborrheic_keratosis", "positive": ["seborrheic_keratosis"]}])
-    fake = types.ModuleType("medzoo.zoo.datasets")
-    fake.load_card = lambda name: card if name == "isic-like" else (_ for _ in ()).throw(
-        FileNotFoundError(f"no card {name}"))
-    monkeypatch.setitem(sys.modules, "medzoo.zoo.datasets", fake)
+    monkeypatch.setattr(leaderboard, "load_card", lambda name: card if name == "isic-like" else (_ for _ in ()).throw(
+        FileNotFoundError(f"no card {name}")))
 
 
 def test_binary_leaderboard_values_by_hand(tmp_path, isic_card):

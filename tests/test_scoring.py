@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from medzoo.benchmarks import cli_submit
-from medzoo.benchmarks.scoring import SCORERS, scorer, score_submission, specificity_at_sensitivity
-from medzoo.benchmarks.submission import FORMATS, SubmissionError
+from medzoo.benchmarks.challenges import CHALLENGES
+from medzoo.benchmarks.challenges.base import SubmissionError, challenge
+from medzoo.benchmarks.metrics import specificity_at_sensitivity
+from medzoo.benchmarks.scoring import score_submission
 
 ISIC2017_TRUTH = ("image_id,melanoma,seborrheic_keratosis\n"
                   "ISIC_A,1.0,0.0\nISIC_B,0.0,1.0\nISIC_C,0.0,0.0\nISIC_D,1.0,0.0\nISIC_E,0.0,0.0\n")
@@ -143,9 +145,9 @@ def test_specificity_at_sensitivity_pins_ties():
 
 
 def test_every_format_has_a_scorer_and_names_are_unique():
-    assert set(SCORERS) == set(FORMATS)
+    assert all(callable(e.get("score")) for e in CHALLENGES)
     with pytest.raises(ValueError, match="'isic2017' is already registered"):
-        scorer("isic2017")(lambda *a: None)
+        challenge("isic2017", id_column="x", columns=None, score=lambda *a: None, description="")(lambda *a: None)
 
 
 def test_options_are_checked(tmp_path):

@@ -8,10 +8,11 @@ import pytest
 
 from medzoo.benchmarks import cli_submit
 from medzoo.benchmarks.leaderboard import write_leaderboard
-from medzoo.benchmarks.submission import (FORMATS, Submission, SubmissionError, build_submission, check_options,
-                                          medmnist_flag, medmnist_index, read_submission, register_format,
-                                          submission_file_name, submit_run, top_entry, validate_submission,
-                                          write_submission)
+from medzoo.benchmarks.challenges import CHALLENGES
+from medzoo.benchmarks.challenges.base import Submission, SubmissionError, challenge
+from medzoo.benchmarks.challenges.medmnist import medmnist_flag, medmnist_index
+from medzoo.benchmarks.submission import (build_submission, check_options, read_submission, submission_file_name,
+                                          submit_run, top_entry, validate_submission, write_submission)
 from medzoo.ensemble.run import build_ensembles
 from medzoo.ensemble.table import ProbabilityTable
 
@@ -178,7 +179,7 @@ def test_generic_header_is_the_table_classes(tmp_path):
         build_submission(t, "medmnist", class_map={"a": "A"})
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", sorted(CHALLENGES.names()))
 def test_every_format_round_trips(tmp_path, fmt):
     if fmt == "isic2017":
         table = isic2017_table()
@@ -189,7 +190,7 @@ def test_every_format_round_trips(tmp_path, fmt):
     options = {"positive": "malignant"} if fmt in ("isic2020", "object-cxr") else {}
     sub = build_submission(table, fmt, **options)
     back = read_submission(write_submission(table, fmt, tmp_path / "s.csv", **options), fmt)
-    assert back.header == sub.header and back.ids == sub.ids and back.has_header == FORMATS[fmt].header
+    assert back.header == sub.header and back.ids == sub.ids and back.has_header == CHALLENGES[fmt].get("header")
     np.testing.assert_allclose(back.values, sub.values, rtol=1e-9)
 
 
@@ -249,7 +250,7 @@ def test_unknown_format_and_option_suggest_the_closest():
 
 def test_duplicate_format_name_is_an_error():
     with pytest.raises(ValueError, match="'generic' is already registered"):
-        register_format("generic", id_column="x", columns=None)(lambda *a, **k: None)
+        challenge("generic", id_column="x", columns=None, score=None, description="")(lambda *a, **k: None)
 
 
 def make_run(tmp_path, config=None):
@@ -314,6 +315,14 @@ def test_submit_takes_the_entry_from_the_config(tmp_path):
     result = submit_run(run)
     assert (result.entry, result.kind, result.path.name) == ("resnet18", "member", "isic2020-resnet18.csv")
     assert result.path.read_text().splitlines()[1] == "ISIC_0000001,0.7"
+
+
+def test_submit_run_whose_data_is_absent_takes_the_card_format_and_its_own_ids(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDZOO_DATA", str(tmp_path / "no-data-here"))
+    run = make_run(tmp_path, {"dataset": "isic2017"})
+    result = submit_run(run, entry="resnet18")
+    assert result.format == "isic2017" and result.path.name == "isic2017-resnet18.csv"
+    assert result.checked.startswith("not checked against the dataset's test list (FileNotFoundError: ")
 
 
 @pytest.mark.parametrize("section, message", [
