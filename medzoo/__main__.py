@@ -1,6 +1,6 @@
 """``python -m medzoo``: the same as the ``medzoo`` command (and what ``torchrun -m medzoo`` runs)."""
 import sys
 
-from medzoo.benchmarks.cli import main
+from medzoo.cli import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medzoo.benchmarks.cli import main
+from medzoo.cli import main
 from medzoo.zoo.check import check
 from medzoo.zoo.config import parse_config
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medzoo.zoo import cli_data
+from medzoo.cli import data as cli_data
 from medzoo.zoo.cards import card_for_path
 from medzoo.zoo.datasets import load_arrays, load_card, open_dataset
 

@@ -241,7 +241,7 @@ def test_score_tables_are_marked_so_reading_them_does_not_warn(tmp_path):
 
 
 def test_ensemble_command(tmp_path, capsys):
-    from medzoo.ensemble.cli import register
+    from medzoo.cli.ensemble import register
 
     run = write_run(tmp_path)
     (run / "config.json").write_text(json.dumps({"ensemble": {"temperature": 5, "greedy": {"steps": 3, "bags": 2}}}))
@@ -260,7 +260,7 @@ def test_the_ensemble_layer_imports_neither_torch_nor_zoo():
     import subprocess
     import sys
 
-    code = ("import sys, medzoo, medzoo.ensemble.run, medzoo.ensemble.cli, medzoo.ensemble.combiners; "
+    code = ("import sys, medzoo, medzoo.ensemble.run, medzoo.cli.ensemble, medzoo.ensemble.combiners; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('medzoo.zoo')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

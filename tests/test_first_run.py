@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from medzoo.benchmarks.bench import read_stage_history
-from medzoo.benchmarks.cli import main
+from medzoo.cli import main
 from medzoo.config import config_path, load_config
 from medzoo.core.fileio import TEMP_SUFFIX
 from medzoo.zoo.config import config_differences, read_config

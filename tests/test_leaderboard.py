@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medzoo.benchmarks import cli_leaderboard, leaderboard
+from medzoo.benchmarks import leaderboard
+from medzoo.cli import leaderboard as cli_leaderboard
 from medzoo.benchmarks.leaderboard import build_leaderboard, check_options, config_options, write_leaderboard
 from medzoo.ensemble.table import ProbabilityTable
 

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torchvision.models.inception import InceptionAux
 
-from medzoo.zoo import cli_models
+from medzoo.cli import models as cli_models
 from medzoo.zoo.models import (
     IMAGENET_MEAN, IMAGENET_STD, SmallInputInceptionAux, adapt_first_conv, create_model, forward_logits,
     head_parameters, imagenet_weights_path, list_models, model_info, register, set_backbone_trainable,

@@ -6,7 +6,7 @@ import pytest
 from medzoo.benchmarks.leaderboard import write_leaderboard
 from medzoo.core.registry import Registry
 from medzoo.ensemble.aggregators import AGGREGATORS, Parts, aggregate
-from medzoo.ensemble.cli import register as register_ensemble_command
+from medzoo.cli.ensemble import register as register_ensemble_command
 from medzoo.ensemble.combiners import COMBINERS, Combiner, combiner, make_method, method_names
 from medzoo.ensemble.run import build_ensembles, check_ensemble_config, config_keys, default_methods
 from medzoo.ensemble.table import ProbabilityTable

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from medzoo.benchmarks import cli_submit
+from medzoo.cli import submit as cli_submit
 from medzoo.benchmarks.challenges import CHALLENGES
 from medzoo.benchmarks.challenges.base import SubmissionError, challenge
 from medzoo.benchmarks.metrics import specificity_at_sensitivity

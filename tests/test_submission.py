@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medzoo.benchmarks import cli_submit
+from medzoo.cli import submit as cli_submit
 from medzoo.benchmarks.leaderboard import write_leaderboard
 from medzoo.benchmarks.challenges import CHALLENGES
 from medzoo.benchmarks.challenges.base import Submission, SubmissionError, challenge

@@ -144,7 +144,7 @@ def test_failed_member_is_recorded_and_the_zoo_moves_on(tmp_path):
 def test_cli_train_then_status(tmp_path, capsys):
     import argparse
 
-    from medzoo.zoo import cli_train
+    from medzoo.cli import train as cli_train
 
     parser = argparse.ArgumentParser(prog="medzoo")
     cli_train.register(parser.add_subparsers())

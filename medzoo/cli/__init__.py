@@ -1,31 +1,36 @@
-"""The ``medzoo`` command. Each command module adds its own subcommands via ``register``."""
+"""The ``medzoo`` command: every subcommand lives in this package, one module per group.
+
+Each module names its commands with their one-line help in ``COMMANDS`` and adds their full
+parsers in ``register(sub)``. :func:`build_parser` registers in full only the module of the
+command being run (all of them for ``--help`` of no command would import every layer), so
+``medzoo --help`` and a config typo answer in about a second. For the same reason the modules
+import torch, pandas and scikit-learn inside the functions that need them.
+"""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import warnings
 
-COMMAND_MODULES = (
-    "medzoo.zoo.cli_data",
-    "medzoo.zoo.cli_models",
-    "medzoo.zoo.cli_train",
-    "medzoo.ensemble.cli",
-    "medzoo.benchmarks.cli_leaderboard",
-    "medzoo.benchmarks.cli_submit",
-    "medzoo.benchmarks.cli_bench",
-)
+from medzoo.cli import bench, data, ensemble, leaderboard, models, submit, train
+
+MODULES = (data, models, train, ensemble, leaderboard, submit, bench)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``medzoo`` parser, with ``command``'s module registered in full and the others as one-line entries."""
     parser = argparse.ArgumentParser(
         prog="medzoo",
         description="Train a zoo of medical image classifiers, combine them into ensembles, "
                     "rank them on ROC-AUC leaderboards and write challenge submissions.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in MODULES:
+        if command in module.COMMANDS:
+            module.register(sub)
+        else:
+            for name, text in module.COMMANDS.items():
+                sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -34,8 +39,11 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``medzoo`` command; medzoo's errors become one line on stderr and exit status 1."""
     warnings.formatwarning = _one_line_warning
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -55,7 +63,3 @@ def error_line(e: Exception) -> str:
         target = f" -> {e.filename2}" if e.filename2 else ""
         return f"{e.strerror.lower()}: {e.filename}{target}"
     return str(e)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

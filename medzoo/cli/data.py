@@ -9,8 +9,14 @@ import warnings
 from pathlib import Path
 
 
+COMMANDS = {  # the one-line help of each command, shown by medzoo --help
+    "data": "inspect datasets described by cards in data/",
+    "check": "check a config's dataset and plan before training",
+}
+
+
 def register(sub) -> None:
-    data = sub.add_parser("data", help="inspect datasets described by cards in data/",
+    data = sub.add_parser("data", help=COMMANDS["data"],
                           description="Work with datasets: a card in data/<name>.toml, a .toml path, "
                                       "or an image folder, label .csv or MedMNIST .npz given directly.")
     cmds = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -37,7 +43,7 @@ def register(sub) -> None:
                         "(e.g. --set negative_class=nevus --set split.fold=2)")
     p.set_defaults(func=inspect_command)
 
-    p = sub.add_parser("check", help="check a config's dataset and plan before training",
+    p = sub.add_parser("check", help=COMMANDS["check"],
                        description="Open the config's dataset, decode every image once at each member size "
                                    "(filling the image cache, so training decodes nothing), count images per "
                                    "split and class, find unreadable images, classes missing from a split and "

@@ -1,18 +1,21 @@
 """``medzoo ensemble RUN_DIR``: combine the members' probability tables of a run."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from medzoo.core.rundir import RunDir
 from medzoo.ensemble.aggregators import AGGREGATORS
 from medzoo.ensemble.combiners import COMBINERS, method_params
+
+
+COMMANDS = {  # the one-line help of each command, shown by medzoo --help
+    "ensemble": "combine member probability tables into ensembles",
+}
 
 
 def register(sub) -> None:
     """Add the ``ensemble`` command to the ``medzoo`` subparsers."""
     p = sub.add_parser(
         "ensemble",
-        help="combine member probability tables into ensembles",
+        help=COMMANDS["ensemble"],
         description="Fit ensemble methods on RUN_DIR/predictions/<member>/val.csv and write "
                     "RUN_DIR/ensembles/<method>/{val,test}.csv. Options default to the [ensemble] "
                     "section of RUN_DIR/config.json.",
@@ -36,12 +39,11 @@ def _temperature_help() -> str:
 def run(args) -> int:
     from medzoo.ensemble.run import build_ensembles
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
+    run_dir = RunDir(args.run_dir)
+    if not run_dir.path.is_dir():
         raise FileNotFoundError(f"no run directory {run_dir}")
-    saved = run_dir / "config.json"
-    config = dict(json.loads(saved.read_text()).get("ensemble") or {}) if saved.exists() else {}
+    config = dict(run_dir.read_config().get("ensemble") or {})
     if args.temperature is not None:
         config["temperature"] = args.temperature
-    build_ensembles(run_dir, methods=args.methods, config=config)
+    build_ensembles(run_dir.path, methods=args.methods, config=config)
     return 0

@@ -4,11 +4,16 @@ from __future__ import annotations
 import argparse
 
 
+COMMANDS = {  # the one-line help of each command, shown by medzoo --help
+    "models": "list the model zoo: names, families, parameter counts, input sizes, normalisation",
+}
+
+
 def register(sub) -> None:
     """Add the ``models`` subcommand to an argparse subparsers object."""
     parser = sub.add_parser(
         "models",
-        help="list the model zoo: names, families, parameter counts, input sizes, normalisation",
+        help=COMMANDS["models"],
         description="List every registered model: family, parameters (millions, with a 2-class head), "
                     "default and minimum input size (pixels) and the normalisation mean/std its inputs get.",
     )

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import argparse
 
-from medzoo.benchmarks.challenges import CHALLENGES
+
+COMMANDS = {  # the one-line help of each command, shown by medzoo --help
+    "submit": "write a challenge submission CSV from a run's best entry",
+    "score": "score a submission CSV against ground truth",
+}
 
 
 def _formats_help() -> str:
+    """The formats and their one-line descriptions, from the challenge registry."""
+    from medzoo.benchmarks.challenges import CHALLENGES  # its scorers load scikit-learn: only for submit/score
+
     return "formats:\n" + "\n".join(f"  {e.name:<11} {e.description}" for e in sorted(CHALLENGES, key=lambda e: e.name))
 
 
@@ -47,7 +54,7 @@ def _score(args) -> int:
 def register(sub) -> None:
     """Add ``submit`` and ``score`` to the ``medzoo`` subcommands."""
     p = sub.add_parser(
-        "submit", help="write a challenge submission CSV from a run's best entry",
+        "submit", help=COMMANDS["submit"],
         description="Write RUN_DIR/submissions/<format>-<entry>.csv (medmnist: <flag>_test_<entry>@<run>.csv, the "
                     "name MedMNIST's evaluator reads) from the test table of the leaderboard's best validation entry "
                     "(or --entry). Checked before writing: every test image once, probabilities finite and in "
@@ -70,7 +77,7 @@ def register(sub) -> None:
     p.set_defaults(func=_submit)
 
     p = sub.add_parser(
-        "score", help="score a submission CSV against ground truth",
+        "score", help=COMMANDS["score"],
         description="Score SUBMISSION as the challenge did, joining rows on image ids (not row order).",
         epilog=_formats_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("submission", metavar="SUBMISSION", help="submission CSV")

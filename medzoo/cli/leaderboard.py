@@ -4,10 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+COMMANDS = {  # the one-line help of each command, shown by medzoo --help
+    "leaderboard": "rank a run's members and ensembles by validation AUC; write leaderboard.csv/.md and plots",
+}
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "leaderboard",
-        help="rank a run's members and ensembles by validation AUC; write leaderboard.csv/.md and plots",
+        help=COMMANDS["leaderboard"],
         description="Rank every member (RUN_DIR/predictions/<id>/) and ensemble (RUN_DIR/ensembles/<name>/) by "
                     "validation ROC-AUC, with test AUC, its stratified-bootstrap 95% CI, the paired DeLong test "
                     "against the best single member and sensitivity/specificity at a threshold chosen on "

@@ -4,10 +4,17 @@ from __future__ import annotations
 import sys
 
 
+COMMANDS = {  # the one-line help of each command, shown by medzoo --help
+    "train": "train the zoo (or some members) of a config into results/<run>/",
+    "predict": "probability table for new images from one checkpoint",
+    "status": "state of each member of a run: pending, running, done, failed",
+}
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train the zoo (or some members) of a config into results/<run>/",
+        help=COMMANDS["train"],
         description="Train every member of a zoo config (or those named with --member) and write, per member, "
                     "best.pt/last.pt/history.csv/curves.png and validation/test probability tables. Rerunning "
                     "resumes: finished members are skipped, an interrupted one continues from last.pt. Several "
@@ -27,7 +34,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "predict",
-        help="probability table for new images from one checkpoint",
+        help=COMMANDS["predict"],
         description="Predict class probabilities for image files or folders of images with a medzoo checkpoint "
                     "(best.pt; it stores the model, classes, input size and normalisation). Ids are the file "
                     "names without extension.",
@@ -41,7 +48,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "status",
-        help="state of each member of a run: pending, running, done, failed",
+        help=COMMANDS["status"],
         description="Show each member of a run folder: pending, running (host, pid, since), done (val AUC, "
                     "minutes), failed (error from failed.json) or stale (its job stopped; rerun to resume).",
     )

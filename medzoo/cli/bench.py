@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 
+COMMANDS = {  # the one-line help of each command, shown by medzoo --help
+    "bench": "train the zoo, build ensembles, write the leaderboard and the submission",
+}
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="train the zoo, build ensembles, write the leaderboard and the submission",
+        help=COMMANDS["bench"],
         description="Run every stage for one config into results/<run>/: dataset -> zoo training -> "
                     "per-member probability tables -> ensembles -> leaderboard (+ plots) -> challenge "
                     "submission. A second call resumes: finished members are skipped.",
