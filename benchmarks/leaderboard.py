@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medzoo.benchmarks import metrics
+from medzoo.benchmarks.board import Board, Entry, Task
 from medzoo.benchmarks.plots import draw_board
 from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
@@ -39,49 +39,6 @@ from medzoo.ensemble.table import ProbabilityTable, align
 from medzoo.zoo.datasets import load_card
 
 CONFIG_KEYS = ("threshold", "sensitivity", "bootstrap", "seed")
-
-
-@dataclass(frozen=True)
-class Task:
-    """A binary task read off class probabilities: positive = any class in ``positive`` (column indices)."""
-
-    name: str
-    positive: tuple[int, ...]
-
-    def truth(self, labels: np.ndarray) -> np.ndarray:
-        """``labels [N]`` -> ``[N]`` bool."""
-        return np.isin(labels, self.positive)
-
-    def score(self, probs: np.ndarray) -> np.ndarray:
-        """``probs [N, C]`` -> ``[N]``: the summed probability of the positive classes."""
-        return probs[:, list(self.positive)].sum(axis=1)
-
-
-@dataclass
-class Entry:
-    """One leaderboard row's inputs: its validation and (optional) test tables."""
-
-    name: str
-    kind: str
-    val: ProbabilityTable
-    test: ProbabilityTable | None
-    members: list[str] = field(default_factory=list)
-
-    @property
-    def test_labelled(self) -> bool:
-        return self.test is not None and self.test.has_labels
-
-
-@dataclass
-class Board:
-    """A built leaderboard: the frame plus what the plots and the markdown header need."""
-
-    frame: pd.DataFrame
-    entries: dict[tuple[str, str], Entry]
-    classes: list[str]
-    primary: Task | None
-    views: list[Task]
-    info: dict
 
 
 def find_entries(run_dir: str | Path) -> tuple[list[Entry], list[str]]:

@@ -6,7 +6,7 @@ Every figure is written atomically.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,11 +14,10 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from medzoo.benchmarks import metrics
+from medzoo.benchmarks.board import Board
 from medzoo.core.fileio import atomic_path
 from medzoo.core.rundir import RunDir
 
-if TYPE_CHECKING:  # for annotations only: leaderboard imports this module to draw its board
-    from medzoo.benchmarks.leaderboard import Board
 
 KIND_COLORS = {"member": "tab:gray", "ensemble": "tab:blue"}
 HISTORY_PANELS = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("val_auc", "validation AUC"))
@@ -86,6 +85,22 @@ def plot_auc_bars(names: Sequence[str], kinds: Sequence[str], auc: np.ndarray, l
     return _save(fig, Path(path))
 
 
+def plot_class_counts(counts: np.ndarray, splits: Sequence[str], names: Sequence[str], title: str,
+                      path: str | Path) -> Path:
+    """Grouped bar chart of ``counts [S, K]``: the K ``names`` on x, one bar per split, each bar labelled."""
+    x = np.arange(len(names))
+    width = 0.8 / len(splits)
+    fig = Figure(figsize=(max(5.0, 1.3 * len(names) + 2), 4))
+    ax = fig.subplots()
+    for k, split in enumerate(splits):
+        bars = ax.bar(x + (k - (len(splits) - 1) / 2) * width, counts[k], width, label=f"{split} ({counts[k].sum()})")
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
+    ax.set(ylabel="images", title=title)
+    ax.legend()
+    return _save(fig, Path(path))
+
+
 def plot_training_curves(histories: dict[str, pd.DataFrame], path: str | Path) -> Path:
     """One panel per history column (train loss, validation loss, validation AUC), one line per member."""
     fig = Figure(figsize=(5 * len(HISTORY_PANELS), 4))
@@ -101,11 +116,11 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: str | Path) -
     return _save(fig, Path(path))
 
 
-def _split_for(board: "Board") -> str:
+def _split_for(board: Board) -> str:
     return "test" if board.info.get("test_labelled") else "val"
 
 
-def _task_arrays(board: "Board", table) -> tuple[np.ndarray, np.ndarray, str]:
+def _task_arrays(board: Board, table) -> tuple[np.ndarray, np.ndarray, str]:
     """``(y [N'] bool, score [N'], description)`` of the primary task, else the micro-averaged one-vs-rest."""
     if board.primary is not None:
         return board.primary.truth(table.labels), board.primary.score(table.probs), f"task '{board.primary.name}'"
@@ -113,7 +128,7 @@ def _task_arrays(board: "Board", table) -> tuple[np.ndarray, np.ndarray, str]:
     return onehot.ravel(), table.probs.ravel(), "micro-averaged one-vs-rest"
 
 
-def draw_board(run_dir: str | Path, board: "Board") -> list[Path]:
+def draw_board(run_dir: str | Path, board: Board) -> list[Path]:
     """Draw every leaderboard figure into the run's ``plots/``; returns the files written.
 
     ROC curves of the top three ensembles and the best member, the confusion matrix of the top
@@ -145,7 +160,7 @@ def draw_board(run_dir: str | Path, board: "Board") -> list[Path]:
     return written
 
 
-def _draw_roc(board: "Board", pick: list[tuple[str, str]], split: str, path: Path) -> Path:
+def _draw_roc(board: Board, pick: list[tuple[str, str]], split: str, path: Path) -> Path:
     """ROC curves of the entries ``pick`` (``(kind, name)`` keys, at least one) on ``split``."""
     curves = []
     for kind, name in pick:
@@ -155,7 +170,7 @@ def _draw_roc(board: "Board", pick: list[tuple[str, str]], split: str, path: Pat
     return plot_roc(curves, f"ROC on {split}{withheld}, {what}", path)
 
 
-def _draw_confusion(board: "Board", top: tuple[str, str], split: str, path: Path) -> Path:
+def _draw_confusion(board: Board, top: tuple[str, str], split: str, path: Path) -> Path:
     """The confusion matrix of entry ``top``: at its threshold for one binary task, else of the argmax."""
     t = getattr(board.entries[top], split)
     frame = board.frame

@@ -21,6 +21,7 @@ whole, keys and values, without reading a file.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from pathlib import Path
@@ -87,6 +88,19 @@ def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[li
         return t
 
     return [read(m, "val") for m in names], [read(m, "test") for m in with_test]
+
+
+def methods_table() -> str:
+    """The README's table of ensemble methods, one markdown row per registered method (derived, never hand-written)."""
+    rows = ["| method | kind | in the default list | options (default) | what it does |", "|---|---|---|---|---|"]
+    for name in method_names():
+        entry = method_entry(name)
+        kind = "learned" if name in COMBINERS else "aggregator"
+        params = ", ".join(f"{k}" if v is inspect.Parameter.empty else f"{k} ({v!r})" for k, v in method_params(name).items())
+        needs = ("; needs `weights`" if entry.get("weighted") else "") + ("; two classes" if entry.get("binary_only") else "")
+        rows.append(f"| `{name}` | {kind} | {'yes' if entry.get('default') else 'no'}{needs} | {params or '-'} | "
+                    f"{entry.description} |")
+    return "\n".join(rows) + "\n"
 
 
 def default_methods(config: dict, n_classes: int) -> list[str]:

@@ -1,14 +1,16 @@
+"""The one Registry, and the ensemble methods derived from it: a new aggregator needs no edit elsewhere."""
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medzoo.benchmarks.leaderboard import write_leaderboard
 from medzoo.core.registry import Registry
-from medzoo.ensemble.aggregators import AGGREGATORS, Parts, aggregate
 from medzoo.cli.ensemble import register as register_ensemble_command
+from medzoo.ensemble.aggregators import AGGREGATORS, Parts, aggregate
 from medzoo.ensemble.combiners import COMBINERS, Combiner, combiner, make_method, method_names
-from medzoo.ensemble.run import build_ensembles, check_ensemble_config, config_keys, default_methods
+from medzoo.ensemble.run import build_ensembles, check_ensemble_config, config_keys, default_methods, methods_table
 from medzoo.ensemble.table import ProbabilityTable
 
 MEMBERS = ("alpha", "beta", "gamma")
@@ -94,6 +96,7 @@ def test_an_aggregator_added_by_one_decorated_function_is_everywhere(root_mean, 
     probs = np.array([[[0.36, 0.64]], [[0.64, 0.36]]])
     np.testing.assert_allclose(aggregate(root_mean, probs), [[0.5, 0.5]])
     assert root_mean in default_methods({}, n_classes=2) and root_mean in default_methods({}, n_classes=3)
+    assert f"| `{root_mean}` | aggregator | yes |" in methods_table()
 
     parser = argparse.ArgumentParser(prog="medzoo")
     sub = parser.add_subparsers(dest="command")
@@ -148,3 +151,8 @@ def test_a_combiner_added_by_one_decorated_class_gets_a_config_table(first_membe
         check_ensemble_config({"first_member": {"seed": -1}})
     method = make_method(first_member, seed=1)
     assert method.get_params() == {"seed": 1} and type(method)(**method.get_params()).seed == 1
+
+
+def test_the_readme_method_table_is_the_registry_s():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert methods_table() in readme

@@ -117,7 +117,7 @@ def _finish(card: DatasetCard, raws: dict[str, dict], hint: list[str] | None = N
                 labels[i] = int(v)
             else:
                 raise ValueError(f"{r['origins'][i]}: " + unknown_name("class", v, classes, sort=False) +
-                                 f"; fix the label or add the class to the card's classes")
+                                 "; fix the label or add the class to the card's classes")
         known = labels >= 0
         if known.any() and not known.all():
             i = int(np.flatnonzero(~known)[0])

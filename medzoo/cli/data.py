@@ -8,6 +8,8 @@ import tomllib
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 
 COMMANDS = {  # the one-line help of each command, shown by medzoo --help
     "data": "inspect datasets described by cards in data/",
@@ -84,36 +86,14 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def plot_counts(dataset, path: str | Path) -> Path:
-    """Grouped bar chart: classes (and unlabeled, when any) on x, one bar per split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from medzoo.core.fileio import atomic_path
+    """The dataset's images per class (and unlabeled, when any) and split, as a bar chart PNG."""
+    from medzoo.benchmarks.plots import plot_class_counts
 
     counts = np.stack([dataset.class_counts(s) for s in dataset.splits])
     names = [*dataset.classes, "unlabeled"]
     if not counts[:, -1].any():
         counts, names = counts[:, :-1], names[:-1]
-    x = np.arange(len(names))
-    width = 0.8 / len(dataset.splits)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 4))
-    for k, split in enumerate(dataset.splits):
-        bars = ax.bar(x + (k - (len(dataset.splits) - 1) / 2) * width, counts[k], width,
-                      label=f"{split} ({counts[k].sum()})")
-        ax.bar_label(bars, fontsize=7)
-    ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
-    ax.set_ylabel("images")
-    ax.set_title(f"{dataset.name}: images per class and split")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return plot_class_counts(counts, dataset.splits, names, f"{dataset.name}: images per class and split", path)
 
 
 def inspect_command(args: argparse.Namespace) -> int:

@@ -1,0 +1,55 @@
+"""What a built leaderboard is made of: its tasks, its entries and the board itself (data only).
+
+:mod:`medzoo.benchmarks.leaderboard` builds a :class:`Board`; :mod:`medzoo.benchmarks.plots` draws one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from medzoo.ensemble.table import ProbabilityTable
+
+
+@dataclass(frozen=True)
+class Task:
+    """A binary task read off class probabilities: positive = any class in ``positive`` (column indices)."""
+
+    name: str
+    positive: tuple[int, ...]
+
+    def truth(self, labels: np.ndarray) -> np.ndarray:
+        """``labels [N]`` -> ``[N]`` bool."""
+        return np.isin(labels, self.positive)
+
+    def score(self, probs: np.ndarray) -> np.ndarray:
+        """``probs [N, C]`` -> ``[N]``: the summed probability of the positive classes."""
+        return probs[:, list(self.positive)].sum(axis=1)
+
+
+@dataclass
+class Entry:
+    """One leaderboard row's inputs: its validation and (optional) test tables."""
+
+    name: str
+    kind: str
+    val: ProbabilityTable
+    test: ProbabilityTable | None
+    members: list[str] = field(default_factory=list)
+
+    @property
+    def test_labelled(self) -> bool:
+        return self.test is not None and self.test.has_labels
+
+
+@dataclass
+class Board:
+    """A built leaderboard: the frame plus what the plots and the markdown header need."""
+
+    frame: pd.DataFrame
+    entries: dict[tuple[str, str], Entry]
+    classes: list[str]
+    primary: Task | None
+    views: list[Task]
+    info: dict
