@@ -1,7 +1,8 @@
 """Training throughput: medzoo's in-memory loop against the model alone and a tutorial-style loop.
 
 In one run, for each model, with the same batch size, input size, optimizer and augmentation:
-  (a) the model alone: forward, backward and optimizer step on one batch already in memory;
+  (a) the model alone: forward, backward and optimizer step on batches already in memory (the very
+      batches (b) gets next);
   (b) medzoo end to end: ``zoo.loop.train_one_epoch`` over ``zoo.loader.BatchLoader`` fed from the
       uint8 arrays medzoo caches (decoded and resized once), augmenting on the device;
       (a) and (b) alternate every two batches, so a shared machine's load hits both alike;
@@ -9,6 +10,7 @@ In one run, for each model, with the same batch size, input size, optimizer and 
       torchvision transforms for every image every epoch, ``torch.utils.data.DataLoader`` workers;
 and once: (d) medzoo's loader alone delivering augmented, normalised 224x224 batches.
 Prints images/s and the ratios b/a (the loop's overhead; 1.0 = none) and b/c (speed-up over the tutorial).
+``benchmarks/gpu_check.py`` times (a), (b) and (d) on CUDA with these helpers.
 
     python benchmarks/speed_train.py                       # synthetic 256 px JPEGs
     python benchmarks/speed_train.py --jpegs ../shared/data/isic2017/ISIC-2017_Training_Data
@@ -16,6 +18,7 @@ Prints images/s and the ratios b/a (the loop's overhead; 1.0 = none) and b/c (sp
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -30,7 +33,8 @@ from torchvision.datasets import ImageFolder
 
 from medzoo.zoo.cache import load_images
 from medzoo.zoo.loader import BatchLoader, keep_freed_memory
-from medzoo.zoo.loop import train_one_epoch
+from medzoo.zoo.config import TrainConfig
+from medzoo.zoo.loop import AUX_WEIGHT, amp_setup, optimizer_step, train_one_epoch
 from medzoo.zoo.models import create_model, forward_logits, model_info
 
 AUGMENT = {"hflip": True, "rotate": 10.0, "zoom": 0.1, "brightness": 0.1, "contrast": 0.1}
@@ -38,7 +42,6 @@ AUGMENT = {"hflip": True, "rotate": 10.0, "zoom": 0.1, "brightness": 0.1, "contr
 
 def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
     """n smooth random RGB images (bicubic-upsampled 8x8 noise plus fine noise) as JPEGs in two class folders."""
-
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
@@ -67,7 +70,6 @@ def link_jpegs(source: Path, folder: Path, n: int) -> list[Path]:
 
 def tutorial_transforms(size: int, mean, std):
     """The per-image torchvision pipeline matching ``AUGMENT``."""
-
     zoom = AUGMENT["zoom"]
     return T.Compose([
         T.RandomResizedCrop(size, scale=((1 - zoom) ** 2, 1.0), ratio=(1.0, 1.0)),
@@ -79,54 +81,76 @@ def tutorial_transforms(size: int, mean, std):
     ])
 
 
-def make_model(name: str, seed: int = 0):
+def synchronize(device: str | torch.device) -> None:
+    """Wait until ``device`` has done all the work queued on it (CUDA runs asynchronously); nothing on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
+
+def make_model(name: str, seed: int = 0, device: str | torch.device = "cpu",
+               channels_last: bool = False) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """``(model, AdamW at lr 1e-4)``: a 2-class ``name`` seeded with ``seed``, in train mode on ``device``."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=2).train()
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    model = create_model(name, num_classes=2).to(device, memory_format=layout).train()
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
-def step(model, optimizer, x, y) -> None:
-
-    logits, aux = forward_logits(model, x)
-    loss = F.cross_entropy(logits, y) + (0.4 * F.cross_entropy(aux, y) if aux is not None else 0.0)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def step(model, optimizer, x, y, amp_dtype: torch.dtype | None = None, scaler=None) -> None:
+    """One step of the model alone on a batch already on its device: forward (under autocast when ``amp_dtype``),
+    cross-entropy (plus the auxiliary head's, as ``zoo.loop``), backward, ``zoo.loop.optimizer_step``."""
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits, aux = forward_logits(model, x)
+        loss = F.cross_entropy(logits, y) + (AUX_WEIGHT * F.cross_entropy(aux, y) if aux is not None else 0.0)
+    (scaler.scale(loss) if scaler else loss).backward()
+    optimizer_step(optimizer, scaler)
 
 
 def model_and_medzoo(name: str, images: np.ndarray, labels: np.ndarray, batch: int, batches: int,
-                     chunk: int = 2) -> tuple[float, float]:
-    """(a) and (b) in alternating chunks of ``chunk`` batches, so both see the same share of whatever
-    else the machine is doing -> (images/s of the model alone on one batch in memory, images/s of
-    ``train_one_epoch`` over a BatchLoader with augmentation)."""
+                     chunk: int = 2, device: str | torch.device = "cpu",
+                     channels_last: bool = False) -> tuple[float, float]:
+    """(a) and (b) in alternating chunks of ``chunk`` batches, after one warm-up chunk of each, so both see
+    the same share of whatever else the machine is doing -> (images/s of the model alone, images/s of
+    ``train_one_epoch`` over a BatchLoader with augmentation), over ``batches`` timed batches each.
 
+    Each chunk, (a) trains on the batches (b) gets next, drawn from the loader beforehand and held on
+    ``device``; both use AMP as medzoo's training does (``zoo.loop.amp_setup``: on CUDA only) and
+    ``channels_last`` for the model and the batches. The loader needs at least ``chunk`` batches.
+    """
+    device = torch.device(device)
     info = model_info(name)
     loader = BatchLoader(images, labels, batch, shuffle=True, seed=0, mean=info.mean, std=info.std,
-                         augment=AUGMENT, drop_last=True)
-    x, y, _ = next(iter(loader))  # (a) trains on this one batch, kept in memory
-    model_a, optimizer_a = make_model(name)
-    model_b, optimizer_b = make_model(name)
+                         augment=AUGMENT, drop_last=True, device=device, channels_last=channels_last)
+    if len(loader) < chunk:
+        raise ValueError(f"{len(images)} images make {len(loader)} batches of {batch}; a chunk needs {chunk}")
+    model_a, optimizer_a = make_model(name, device=device, channels_last=channels_last)
+    model_b, optimizer_b = make_model(name, device=device, channels_last=channels_last)
+    amp_dtype, scaler_a = amp_setup(device, TrainConfig())
+    _, scaler_b = amp_setup(device, TrainConfig())
     seconds, done = [0.0, 0.0], [0, 0]
     for i in range(-1, -(-batches // chunk)):  # round -1 warms both up
-        start = time.perf_counter()
-        for _ in range(chunk):
-            step(model_a, optimizer_a, x, y)
-        middle = time.perf_counter()
         loader.set_epoch(i + 1)
-        n = train_one_epoch(model_b, loader, optimizer_b, F.cross_entropy, max_batches=chunk, progress=False)["images"]
+        held = [(x, y) for x, y, _ in itertools.islice(loader, chunk)]
+        synchronize(device)
+        start = time.perf_counter()
+        for x, y in held:
+            step(model_a, optimizer_a, x, y, amp_dtype, scaler_a)
+        synchronize(device)
+        middle = time.perf_counter()
+        n = train_one_epoch(model_b, loader, optimizer_b, F.cross_entropy, scaler=scaler_b, amp_dtype=amp_dtype,
+                            max_batches=chunk, progress=False)["images"]
+        synchronize(device)
         if i >= 0:
             seconds[0] += middle - start
             seconds[1] += time.perf_counter() - middle
-            done[0] += chunk * batch
+            done[0] += sum(len(y) for _, y in held)
             done[1] += n
     return done[0] / seconds[0], done[1] / seconds[1]
 
 
 def tutorial_loop(name: str, folder: Path, size: int, batch: int, epochs: int, workers: int) -> float:
     """(c): images/s of an ImageFolder + DataLoader loop decoding and transforming every image every epoch."""
-
-
     info = model_info(name)
     model, optimizer = make_model(name)
     dataset = ImageFolder(str(folder), transform=tutorial_transforms(size, info.mean, info.std))
@@ -144,17 +168,19 @@ def tutorial_loop(name: str, folder: Path, size: int, batch: int, epochs: int, w
     return seen / (time.perf_counter() - start)
 
 
-def loader_alone(images: np.ndarray, batch: int, epochs: int, augment: dict) -> float:
-    """(d): images/s of BatchLoader delivering augmented, normalised batches."""
-
+def loader_alone(images: np.ndarray, batch: int, epochs: int, augment: dict, device: str | torch.device = "cpu",
+                 channels_last: bool = False) -> float:
+    """(d): images/s of BatchLoader delivering augmented, normalised batches on ``device`` (after one warm-up batch)."""
     loader = BatchLoader(images, np.zeros(len(images), dtype=np.int64), batch, shuffle=True, seed=0,
-                         augment=augment, drop_last=True)
+                         augment=augment, drop_last=True, device=device, channels_last=channels_last)
     next(iter(loader))
+    synchronize(device)
     seen, start = 0, time.perf_counter()
     for epoch in range(epochs):
         loader.set_epoch(epoch + 1)
         for x, _, _ in loader:
             seen += len(x)
+    synchronize(device)
     return seen / (time.perf_counter() - start)
 
 
@@ -177,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved repeats of every measurement; the best is kept (the machine is shared)")
     args = parser.parse_args(argv)
-
-
     kept = False if args.default_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.workers} DataLoader workers, "
