@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import importlib
 import json
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import medzoo
 from medzoo.benchmarks.bench import read_stage_history
 from medzoo.cli import main
 from medzoo.config import config_path, load_config
@@ -192,3 +194,10 @@ def test_every_third_party_import_is_declared():
     third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "medzoo"}
     assert {distribution.get(m, m).lower() for m in third_party} <= declared_requirements()
     assert {"torch", "numpy", "threadpoolctl", "pillow"} <= {distribution.get(m, m).lower() for m in third_party}
+
+
+def test_every_script_entry_point_resolves_to_its_owner():
+    for name, module in medzoo.API.items():
+        assert getattr(medzoo, name) is getattr(importlib.import_module(module), name)
+    with pytest.raises(AttributeError, match="module 'medzoo' has no attribute 'train'"):
+        medzoo.train
