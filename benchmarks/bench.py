@@ -18,12 +18,13 @@ import torch
 import torchvision
 
 from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
-from medzoo.benchmarks.submission import submit_run
-from medzoo.config import load_config
+from medzoo.benchmarks.submission import get_format, submit_run
 from medzoo.core.fileio import clean_stale_temps, write_json
+from medzoo.core.rundir import RunDir
 from medzoo.ensemble.run import build_ensembles
 from medzoo.zoo.check import check
 from medzoo.zoo.config import ZooConfig
+from medzoo.zoo.datasets import load_card
 from medzoo.zoo.device import resolve_device
 from medzoo.zoo.schedule import resolve_run, train_zoo
 
@@ -48,7 +49,7 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_bench(config: ZooConfig | str | Path, results_dir: str | Path = "results", members=None, log=print, *,
+def run_bench(cfg: ZooConfig, results_dir: str | Path = "results", members=None, log=print, *,
               format: str | None = None, extend: bool = False, estimate: bool = True) -> dict:
     """Run every stage of one config; return ``{"run_dir", "stages", "check", "train", "leaderboard", "submission"}``.
 
@@ -58,12 +59,15 @@ def run_bench(config: ZooConfig | str | Path, results_dir: str | Path = "results
     maps each stage to its wall seconds; ``stages.json`` keeps those of every call (a resumed
     call adds its own entry, so the first call's training time stays on record). Members that
     failed or are being trained elsewhere are named; the later stages use the members that are
-    done, and say which are missing. ``config`` is a loaded config or a path (or shipped name) to load;
-    ``format`` overrides the submission format.
+    done, and say which are missing. ``cfg`` comes from :func:`medzoo.config.load_config`;
+    ``format`` overrides the submission format (it, or else the card's, is checked first too).
     """
-    cfg = config if isinstance(config, ZooConfig) else load_config(config)
-    run_dir = Path(results_dir) / cfg.run
+    run = RunDir.of(results_dir, cfg.run)
+    run_dir = run.path
     resolve_run(cfg, run_dir, extend=extend)
+    submission_format = format or cfg.submission.get("format") or load_card(cfg.dataset).submission
+    if submission_format:
+        get_format(submission_format)
     stages = {}
     t0 = time.perf_counter()
     log("== check")
@@ -71,9 +75,8 @@ def run_bench(config: ZooConfig | str | Path, results_dir: str | Path = "results
     stages["check"] = round(time.perf_counter() - t0, 2)
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(run_dir, older_than=cfg.claim_timeout, recursive=True)
-    write_json(run_dir / "environment.json", environment(str(resolve_device(cfg.device))))
-    history_path = run_dir / "stages.json"
-    history = read_stage_history(history_path)
+    write_json(run.environment_json, environment(str(resolve_device(cfg.device))))
+    history = read_stage_history(run.stages_json)
     history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": stages})
 
     def stage(name, fn):
@@ -81,7 +84,7 @@ def run_bench(config: ZooConfig | str | Path, results_dir: str | Path = "results
         t0 = time.perf_counter()
         out = fn()
         stages[name] = round(time.perf_counter() - t0, 2)
-        write_json(history_path, history)
+        write_json(run.stages_json, history)
         return out
 
     trained = stage("train", lambda: train_zoo(cfg, members=members, results_dir=results_dir, extend=extend, log=log))

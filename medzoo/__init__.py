@@ -7,7 +7,7 @@ The entry points a script needs are importable from here::
     cfg = medzoo.load_config("my_zoo.toml")      # the whole config is checked here
     report = medzoo.check(cfg)                     # decode every image, leaks, the plan
     medzoo.train_zoo(cfg)                          # results/<run>/members/<id>/
-    medzoo.build_ensembles(f"results/{cfg.run}")   # results/<run>/ensembles/<method>/
+    medzoo.build_ensembles(f"results/{cfg.run}", config=cfg.ensemble)   # results/<run>/ensembles/<method>/
     board = medzoo.write_leaderboard(f"results/{cfg.run}")
     sub = medzoo.submit_run(f"results/{cfg.run}")
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import medzoo.benchmarks
 from medzoo.benchmarks import leaderboard, submission
 from medzoo.ensemble import run as ensemble_run
 from medzoo.core.names import unknown_name
 from medzoo.zoo.config import ZooConfig, parse_config
 from medzoo.zoo.tomlfile import read_toml
 
-CONFIG_DIR = Path(leaderboard.__file__).resolve().parent
+CONFIG_DIR = Path(medzoo.benchmarks.__file__).resolve().parent
 SECTION_CHECKS = {
     "ensemble": ensemble_run.check_ensemble_config,
     "leaderboard": leaderboard.check_options,

@@ -18,7 +18,7 @@ from medzoo.benchmarks.bench import read_stage_history
 from medzoo.cli import main
 from medzoo.config import config_path, load_config
 from medzoo.core.fileio import TEMP_SUFFIX
-from medzoo.zoo.config import config_differences, read_config
+from medzoo.zoo.config import config_differences
 from tests.images import write_class_tree
 from tests.test_train import tiny_config
 
@@ -75,7 +75,7 @@ def test_config_differences_name_each_key_and_members():
 def test_committed_reference_runs_match_their_configs():
     for run in ("pneumoniamnist", "isic2017", "breastmnist"):
         recorded = json.loads((ROOT / "results" / run / "config.json").read_text())
-        assert config_differences(recorded, read_config(ROOT / "benchmarks" / f"{run}.toml").to_dict()) == []
+        assert config_differences(recorded, load_config(ROOT / "benchmarks" / f"{run}.toml").to_dict()) == []
 
 
 def test_a_failed_train_leaves_a_finished_run_as_it_was(tmp_path, capsys):
@@ -201,3 +201,33 @@ def test_every_script_entry_point_resolves_to_its_owner():
         assert getattr(medzoo, name) is getattr(importlib.import_module(module), name)
     with pytest.raises(AttributeError, match="module 'medzoo' has no attribute 'train'"):
         medzoo.train
+
+
+def test_a_dataset_path_is_the_same_dataset_from_another_folder():
+    base = {"run": "r", "dataset": "/data/a/chest_xray", "members": []}
+    assert config_differences(base, {**base, "dataset": "/mnt/b/chest_xray"}) == []
+    assert config_differences(base, {**base, "dataset": "/data/a/chest_xary"}) == [
+        "dataset: '/data/a/chest_xray' in the run folder, '/data/a/chest_xary' now"]
+    assert config_differences({**base, "dataset": "isic2017"}, {**base, "dataset": "isic2019"}) == [
+        "dataset: 'isic2017' in the run folder, 'isic2019' now"]
+
+
+def test_made_splits_that_changed_since_the_run_started_are_refused(tmp_path, capsys):
+    write_class_tree(tmp_path / "xray", {"train": 10, "test": 2})
+    config = tiny_config(tmp_path, epochs=1)
+    config.write_text(config.read_text().replace(str(tmp_path / "tiny.toml"), str(tmp_path / "xray")))
+    assert main(["train", str(config), "--results", str(tmp_path / "r")]) == 0
+    saved = (tmp_path / "r" / "tiny" / "splits" / "xray.csv").read_text()
+    write_class_tree(tmp_path / "more", {"train": 2}, seed=1)
+    for f in (tmp_path / "more" / "train" / "normal").iterdir():
+        f.rename(tmp_path / "xray" / "train" / "normal" / f"extra_{f.name}")
+    assert main(["train", str(config), "--results", str(tmp_path / "r")]) == 1
+    assert "the splits made now differ from those this run started with (" in capsys.readouterr().err
+    assert (tmp_path / "r" / "tiny" / "splits" / "xray.csv").read_text() == saved
+
+
+def test_a_wrong_submission_format_fails_before_the_check(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    assert main(["bench", str(config), "--results", str(tmp_path / "r"), "--format", "genric"]) == 1
+    assert "unknown submission format 'genric'; did you mean 'generic'?" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from medzoo.core.fileio import file_digest
+from medzoo.zoo.checkpoint import load_checkpoint, model_from_checkpoint
 from medzoo.config import load_config
 from medzoo.zoo.config import parse_config
 from medzoo.zoo.predict import predict, predict_probs
@@ -83,7 +84,7 @@ def test_training_writes_checkpoints_history_tables_and_done(tmp_path):
     assert test.labels.tolist() == [-1] * 12  # the npz has no test labels
     assert np.allclose(val.probs.sum(axis=1), 1.0)
     best = mdir / "best.pt"
-    assert val.meta["checkpoint"] == file_sha256(best) == test.meta["checkpoint"]
+    assert val.meta["checkpoint"] == file_digest(best) == test.meta["checkpoint"]
     assert (val.meta["member"], val.meta["split"], val.meta["dataset"], val.meta["size"]) == \
         ("squeezenet1_1", "val", "tiny", 32)
     assert val.meta["config"]["train"]["epochs"] == 2
@@ -114,7 +115,7 @@ def test_training_writes_checkpoints_history_tables_and_done(tmp_path):
     assert table.ids == ["case0", "case1", "case2"]
     assert table.labels.tolist() == [-1, -1, -1]
     assert np.allclose(table.probs, expected, atol=1e-6)
-    assert ProbabilityTable.read(tmp_path / "new.csv").meta["checkpoint"] == file_sha256(best)
+    assert ProbabilityTable.read(tmp_path / "new.csv").meta["checkpoint"] == file_digest(best)
 
 
 def test_same_seed_gives_identical_history_and_weights(tmp_path):

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medzoo.core.fileio import file_digest
+from medzoo.core.rundir import RunDir
 from medzoo.zoo.config import MemberConfig, ZooConfig
 from medzoo.zoo.datasets import Dataset, decode_all, open_dataset
 from medzoo.zoo.device import resolve_device, use_channels_last
@@ -91,7 +93,7 @@ def check(cfg: ZooConfig, *, results_dir: str | Path = "results", log: Callable[
     sizes = sorted({m.size for m in cfg.members}, reverse=True)
     report = check_dataset(ds, sizes)
     report.warnings[:0] = [str(w.message) for w in caught]
-    run_dir = Path(results_dir) / cfg.run
+    run_dir = RunDir.of(results_dir, cfg.run).path
     report.plan = plan_members(cfg, ds, run_dir)
     if estimate:
         report.estimate = estimate_time(cfg, ds, report.plan)
@@ -176,14 +178,6 @@ def image_digests(images: np.ndarray) -> list[bytes | None]:
     """uint8 ``[N, S, S, 3]`` -> ``N`` digests (BLAKE2b, 16 bytes) of each image's pixel bytes."""
     flat = np.ascontiguousarray(images).reshape(len(images), -1)
     return [hashlib.blake2b(row, digest_size=16).digest() for row in flat]
-
-
-def _file_digest(path: Path) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()
 
 
 def identical_sets(ds: Dataset, digests: dict[str, list[bytes | None]]) -> list[list[tuple[str, int]]]:
@@ -272,7 +266,7 @@ def _kind(ds: Dataset, a: tuple[str, int], b: tuple[str, int], size: int, files:
         return "the same file"
     for f in (fa, fb):
         if f not in files:
-            files[f] = _file_digest(f)
+            files[f] = file_digest(f)
     return "byte-identical files" if files[fa] == files[fb] else f"pixel-identical at {size} px"
 
 

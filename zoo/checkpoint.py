@@ -13,7 +13,6 @@ self-contained: ``medzoo predict`` needs nothing else.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import pickle
 import random
 import re
@@ -28,7 +27,6 @@ from medzoo.zoo.models import create_model
 
 FORMAT = "medzoo-checkpoint"
 NUMPY_RNG_GLOBALS = (np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType)
-_safe_globals = getattr(torch.serialization, "safe_globals", None) or (lambda globals_: contextlib.nullcontext())
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
@@ -50,7 +48,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", weights_only: bool = T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    allowed = _safe_globals(NUMPY_RNG_GLOBALS) if weights_only else contextlib.nullcontext()
+    allowed = torch.serialization.safe_globals(NUMPY_RNG_GLOBALS) if weights_only else contextlib.nullcontext()
     try:
         with allowed:
             state = torch.load(path, map_location=map_location, weights_only=weights_only)
@@ -72,15 +70,6 @@ def _reason(error: Exception) -> str:
     lines = [line for line in lines if line]
     marker = "WeightsUnpickler error:"
     return next((line.split(marker, 1)[1].strip() for line in lines if marker in line), lines[0] if lines else "")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rng_state() -> dict:

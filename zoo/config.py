@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medzoo.core.names import unknown_name
-from medzoo.zoo.tomlfile import merge_tables, read_toml
+from medzoo.zoo.tomlfile import merge_tables
 
 CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
@@ -126,16 +126,6 @@ class ZooConfig:
         return asdict(self)
 
 
-def read_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
-    """Read and validate the zoo part of a config TOML (``medzoo.config.load_config`` checks every section).
-
-    ``overrides`` is a nested dict merged over the file, e.g. ``{"seed": 1, "train":
-    {"epochs": 2}}``. Its ``train`` keys are applied to the defaults and, unlike the
-    file's ``[train]``, also to every member (a command-line ``--epochs 2`` means all).
-    """
-    return parse_config(read_toml(path, "config file"), overrides=overrides, source=str(path))
-
-
 def parse_config(raw: dict, overrides: dict | None = None, source: str | None = None) -> ZooConfig:
     """Validate a config dict (the parsed TOML) into a :class:`ZooConfig`."""
     raw = merge_tables(raw, overrides or {})
@@ -218,6 +208,8 @@ def config_differences(recorded: dict, given: dict) -> list[str]:
     for key in sorted(old.keys() | new.keys()):
         if key.split(".")[0] in ("source", "data_root"):
             continue
+        if key == "dataset" and key in old and key in new and _same_dataset(old[key], new[key]):
+            continue
         if key not in old:
             parts = key.split(".")
             if parts[0] == "members" and parts[1] not in old_members:
@@ -230,6 +222,15 @@ def config_differences(recorded: dict, given: dict) -> list[str]:
         elif old[key] != new[key]:
             out.append(f"{key}: {old[key]!r} in the run folder, {new[key]!r} now")
     return list(dict.fromkeys(out))
+
+
+def _same_dataset(recorded: str, given: str) -> bool:
+    """One dataset: the same card name, or absolute paths ending in the same file or folder name
+    (the run continued from another folder or machine, as for ``data_root``)."""
+    if recorded == given:
+        return True
+    both_paths = Path(recorded).is_absolute() and Path(given).is_absolute()
+    return both_paths and Path(recorded).name == Path(given).name
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

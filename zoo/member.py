@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from medzoo.core.fileio import write_json
+from medzoo.core.fileio import file_digest, write_json
 from medzoo.core.rundir import MemberDir, RunDir
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo import distributed
-from medzoo.zoo.checkpoint import (file_sha256, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
+from medzoo.zoo.checkpoint import (load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                    set_rng_state)
 from medzoo.zoo.config import MemberConfig, ZooConfig
 from medzoo.zoo.curves import plot_curves, write_history
@@ -222,7 +222,7 @@ def _resume(tr: _Trainer) -> None:
     """
     if not tr.files.last.exists():
         return
-    ckpt = load_checkpoint(tr.files.last, map_location=tr.device)
+    ckpt = load_checkpoint(tr.files.last, map_location=tr.device, weights_only=False)  # this run's own file
     tr.model.load_state_dict(ckpt["model"])
     tr.optimizer.load_state_dict(ckpt["optimizer"])
     if tr.scheduler is not None:
@@ -355,7 +355,7 @@ def _write_tables(tr: _Trainer, run: RunDir, model: nn.Module, ckpt: dict) -> di
     m = tr.member
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    sha = file_sha256(tr.files.best)
+    sha = file_digest(tr.files.best)
     flips = tta_flips(m.train.tta, m.train.augment.vflip)
     aucs = {}
     for split, arrays in tr.data.items():

@@ -14,7 +14,8 @@ import torch
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo import distributed
 from medzoo.zoo.cache import IMAGE_EXTENSIONS, load_images
-from medzoo.zoo.checkpoint import file_sha256, model_from_checkpoint
+from medzoo.core.fileio import file_digest
+from medzoo.zoo.checkpoint import model_from_checkpoint
 from medzoo.zoo.device import resolve_device
 from medzoo.zoo.loader import BatchLoader
 
@@ -91,7 +92,7 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], *, out: str | 
                           flips=tta_flips(tta, ckpt.get("vflip", False)))
     table = ProbabilityTable(image_ids(paths), ckpt["classes"], probs, None,
                              {"member": ckpt["member"], "model": ckpt["arch"], "split": "test", "source": "medzoo predict",
-                              "dataset": ckpt["dataset"], "checkpoint": file_sha256(checkpoint),
+                              "dataset": ckpt["dataset"], "checkpoint": file_digest(checkpoint),
                               "size": ckpt["size"], "tta": tta, "files": [str(p) for p in paths]})
     if out is not None:
         table.write(out)

@@ -9,7 +9,6 @@ are downloaded from its ``url`` when absent (:func:`ensure_file`) and checked ag
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import urllib.request
 import warnings
@@ -21,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from medzoo.core.fileio import atomic_path
+from medzoo.core.fileio import atomic_path, file_digest
 from medzoo.core.names import unknown_name
 from medzoo.core.registry import Registry
 from medzoo.zoo.cache import IMAGE_EXTENSIONS
@@ -380,14 +379,6 @@ def _unlabeled_folders(folders: list[Path], split: str, exclude: Sequence[str]) 
 _VERIFIED: dict[tuple, bool] = {}
 
 
-def _digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _checksum_ok(path: Path, card: DatasetCard) -> bool:
     """True when ``path`` matches the card's md5/sha256 (or the card gives none)."""
     algo = "sha256" if "sha256" in card.raw else "md5" if "md5" in card.raw else None
@@ -396,7 +387,7 @@ def _checksum_ok(path: Path, card: DatasetCard) -> bool:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _VERIFIED:
-        _VERIFIED[key] = _digest(path, algo) == str(card.raw[algo]).lower()
+        _VERIFIED[key] = file_digest(path, algo) == str(card.raw[algo]).lower()
     return _VERIFIED[key]
 
 

@@ -24,6 +24,7 @@ from medzoo.zoo.datasets import open_dataset
 from medzoo.zoo.device import resolve_device
 from medzoo.zoo.loader import keep_freed_memory
 from medzoo.zoo.member import check_trainable, logger_for, train_member
+from medzoo.zoo.splits import read_split_csv
 
 
 def train_zoo(cfg: ZooConfig, members: list[str] | None = None, results_dir: str | Path = "results", *,
@@ -85,9 +86,9 @@ def _decide(cfg: ZooConfig, m: MemberConfig, run: RunDir, dist: distributed.Dist
             holder = distributed.read_claim(files.claim) or {}
         elif claim.took_over:
             say(f"{m.id}: took over a stale claim ({claim.took_over})")
-        if claim is not None:
+        if claim is not None:  # a taken-over holder may still be writing: only its old temp files go
             for folder in (files.folder, run.table_dir("member", m.id)):
-                clean_stale_temps(folder)
+                clean_stale_temps(folder, older_than=cfg.claim_timeout if claim.took_over else 0.0)
     decision = "busy" if holder is not None else "train" if claim is not None else "done"
     decision, holder = distributed.broadcast((decision, holder))
     return decision, holder, claim
@@ -148,6 +149,8 @@ def record_run(cfg: ZooConfig, run_dir: Path, *, extend: bool = False, log: Call
     ds = open_dataset(resolved.dataset, data_root=resolved.data_root)
     check_trainable(ds)
     run = RunDir(run_dir)
+    if ds.made is not None and run.splits_csv(ds.name).exists() and not extend:
+        _check_same_splits(ds, run.splits_csv(ds.name))
     run.write_config(resolved.to_dict())
     if ds.made is not None:
         path = ds.write_splits(run.splits_csv(ds.name))
@@ -155,6 +158,18 @@ def record_run(cfg: ZooConfig, run_dir: Path, *, extend: bool = False, log: Call
         if announce:
             log(f"{announce}; saved to {path}")
     return resolved
+
+
+def _check_same_splits(ds, path: Path) -> None:
+    """Raise unless the splits made now are the ones saved at ``path`` when the run started."""
+    saved = read_split_csv(path)
+    now = dict(zip(*ds.assignment()))
+    moved = sum(saved[k] != s for k, s in now.items() if k in saved)
+    new, gone = len(now.keys() - saved.keys()), len(saved.keys() - now.keys())
+    if moved or new or gone:
+        raise ValueError(f"{path}: the splits made now differ from those this run started with ({moved} image(s) "
+                         f"in another split, {new} new, {gone} gone): the data changed since. Restore it, use "
+                         f"another run name, or pass --extend to continue with the new splits")
 
 
 def _dataset_reference(dataset: str) -> str:

@@ -1,6 +1,8 @@
 """``medzoo bench CONFIG``: the whole pipeline in one command."""
 from __future__ import annotations
 
+from medzoo.core.rundir import RunDir
+
 
 COMMANDS = {  # the one-line help of each command, shown by medzoo --help
     "bench": "train the zoo, build ensembles, write the leaderboard and the submission",
@@ -41,7 +43,7 @@ def _bench(args) -> int:
     print(f"\nrun folder: {run_dir}")
     for name, seconds in out["stages"].items():
         print(f"  {name:<12} {seconds:>9.1f} s")
-    print(f"leaderboard: {run_dir / 'leaderboard.md'}")
+    print(f"leaderboard: {RunDir(run_dir).leaderboard_md}")
     sub = out["submission"]
     print(f"submission: {sub.path} ({sub.rows} rows, {sub.format}, entry {sub.entry}; {sub.checked})")
     print(f"next: medzoo status {run_dir} | medzoo submit {run_dir} --entry ENTRY | "

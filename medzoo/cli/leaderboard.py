@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medzoo.core.rundir import RunDir
+
 
 COMMANDS = {  # the one-line help of each command, shown by medzoo --help
     "leaderboard": "rank a run's members and ensembles by validation AUC; write leaderboard.csv/.md and plots",
@@ -42,6 +44,7 @@ def run(args) -> int:
     print(to_terminal(frame))
     for note in info["notes"]:
         print(f"note: {note}")
-    print(f"wrote {run_dir / 'leaderboard.csv'}, {run_dir / 'leaderboard.md'}"
+    run = RunDir(run_dir)
+    print(f"wrote {run.leaderboard_csv}, {run.leaderboard_md}"
           + "".join(f", {p}" for p in info.get("plots", [])))
     return 0

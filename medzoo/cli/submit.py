@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from medzoo.core.fileio import write_json
+
 
 COMMANDS = {  # the one-line help of each command, shown by medzoo --help
     "submit": "write a challenge submission CSV from a run's best entry",
@@ -39,7 +41,6 @@ def _submit(args) -> int:
 
 def _score(args) -> int:
     from medzoo.benchmarks.scoring import score_submission
-    from medzoo.core.fileio import write_json
     options = {"split": args.split} if args.split else {}
     scores = score_submission(args.submission, args.truth, args.format, **options)
     width = max(map(len, scores))
@@ -55,7 +56,7 @@ def register(sub) -> None:
     """Add ``submit`` and ``score`` to the ``medzoo`` subcommands."""
     p = sub.add_parser(
         "submit", help=COMMANDS["submit"],
-        description="Write RUN_DIR/submissions/<format>-<entry>.csv (medmnist: <flag>_test_<entry>@<run>.csv, the "
+        description="Write RUN_DIR/submissions/<format>-<entry>.csv (medmnist: <flag>[_<size>]_test_<entry>@<run>.csv, the "
                     "name MedMNIST's evaluator reads) from the test table of the leaderboard's best validation entry "
                     "(or --entry). Checked before writing: every test image once, probabilities finite and in "
                     "[0, 1], the format's columns in order; a failed check writes nothing.",
@@ -66,7 +67,7 @@ def register(sub) -> None:
     p.add_argument("--entry", help="member id or ensemble name (default: config [submission] entry, then the "
                                    "leaderboard's top val_auc entry)")
     p.add_argument("--out", help="output CSV (default: RUN_DIR/submissions/<format>-<entry>.csv; medmnist: "
-                                 "<flag>_test_<entry>@<run>.csv)")
+                                 "<flag>[_<size>]_test_<entry>@<run>.csv)")
     p.add_argument("--no-header", action="store_true", help="isic2017: header-less variant the 2017 scorer read")
     p.add_argument("--unk", choices=("zero", "uncertainty"), help="isic2019: UNK column = 0 or 1 - max probability")
     p.add_argument("--positive", action="append", metavar="CLASS",

@@ -7,6 +7,7 @@ temporary file behind; :func:`clean_stale_temps` removes such files, and only su
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -68,7 +69,10 @@ def clean_stale_temps(folder: str | os.PathLike, older_than: float = 0.0, recurs
     for p in folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}"):
         if not TEMP_PATTERN.fullmatch(p.name) or p.is_symlink() or not p.is_file():
             continue
-        if older_than > 0 and now - p.stat().st_mtime < older_than:
+        try:
+            if older_than > 0 and now - p.stat().st_mtime < older_than:
+                continue
+        except FileNotFoundError:  # its writer renamed it, or another cleaner got there first
             continue
         p.unlink(missing_ok=True)
         removed.append(p)
@@ -105,3 +109,12 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     """
     text = json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
     return write_text(path, text + "\n")
+
+
+def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes with ``hashlib`` algorithm ``algo``, read in 1 MiB blocks."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
