@@ -1,5 +1,8 @@
 """Classification metrics for the leaderboard: ROC-AUC with bootstrap CIs, DeLong's test, operating points.
 
+Also DeLong's test over a zoo trained several times (:func:`repeated_delong`), Holm's correction of
+several p-values (:func:`holm`), and spreads over repeats (:func:`mean_sd`, :func:`spearman`).
+
 Conventions shared by every function here:
 
 * A *binary* problem is ``y [N]`` (bool or 0/1, 1 = positive) with ``score [N]`` (higher = more positive).
@@ -225,18 +228,14 @@ def auc_ci(labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int
     return float(lo), float(hi)
 
 
-def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs of K predictors on the same cases and DeLong's covariance of them (Sun & Xu 2014).
+def _delong_placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of K predictors and their DeLong structural components, one column per case.
 
-    ``scores`` is ``[K, N]`` (binary, ``labels`` 0/1) or ``[K, N, C]`` (tables); returns ``(auc [K], cov [K, K])``.
-
-    For one binary problem with m positives and n negatives the placement values come from three
-    midrankings (positives alone, negatives alone, all together): ``V10 = (tz_pos - tx) / n`` and
-    ``V01 = 1 - (tz_neg - ty) / m``, and ``cov = cov(V10) / m + cov(V01) / n``. It is written here as
-    ``W @ W.T`` with one column of ``W [K, N]`` per case (its centred placement value over
-    ``sqrt(m (m - 1))`` or ``sqrt(n (n - 1))``), which is the same number. For a macro AUC each case's
-    column is the mean of its columns over the one-vs-rest problems, so cases shared between classes
-    carry the cross-class covariance; with one problem this is exactly DeLong's estimate.
+    ``scores [K, N]`` or ``[K, N, C]`` -> ``(auc [K], w [K, N])`` with ``cov = w @ w.T`` (see
+    :func:`delong_covariance`). Each column of ``w`` is a case's centred placement value over
+    ``sqrt(m (m - 1))`` (a positive) or ``sqrt(n (n - 1))`` (a negative), averaged over the one-vs-rest
+    problems of a macro AUC. The divisors depend on the labels only, so averaging ``w`` over predictors
+    scored on the same cases gives the components of their averaged AUC.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim not in (2, 3):
@@ -260,22 +259,138 @@ def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
         aucs[:, j] = v10.mean(axis=1)
         w[:, j, p] = (v10 - aucs[:, j:j + 1]) / math.sqrt(m * (m - 1))
         w[:, j, ~p] = (v01 - aucs[:, j:j + 1]) / math.sqrt(n * (n - 1))
-    w = w.mean(axis=1)
-    return aucs.mean(axis=1), w @ w.T
+    return aucs.mean(axis=1), w.mean(axis=1)
+
+
+def delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of K predictors on the same cases and DeLong's covariance of them (Sun & Xu 2014).
+
+    ``scores`` is ``[K, N]`` (binary, ``labels`` 0/1) or ``[K, N, C]`` (tables); returns ``(auc [K], cov [K, K])``.
+
+    For one binary problem with m positives and n negatives the placement values come from three
+    midrankings (positives alone, negatives alone, all together): ``V10 = (tz_pos - tx) / n`` and
+    ``V01 = 1 - (tz_neg - ty) / m``, and ``cov = cov(V10) / m + cov(V01) / n``. It is written here as
+    ``W @ W.T`` with one column of ``W [K, N]`` per case (its centred placement value over
+    ``sqrt(m (m - 1))`` or ``sqrt(n (n - 1))``), which is the same number. For a macro AUC each case's
+    column is the mean of its columns over the one-vs-rest problems, so cases shared between classes
+    carry the cross-class covariance; with one problem this is exactly DeLong's estimate.
+    """
+    aucs, w = _delong_placements(labels, scores)
+    return aucs, w @ w.T
+
+
+def _paired_p(delta: np.ndarray, var: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Two-sided normal p ``[K]`` of differences ``delta [K]`` with variances ``var [K]``.
+
+    A variance below ``1e-12`` times the largest AUC variance on the diagonal of ``cov [K, K]`` (at least
+    ``1e-12``) counts as zero: p = 1 for a zero difference (identical predictors), else p = 0.
+    """
+    tiny = 1e-12 * max(1.0, float(np.abs(np.diag(cov)).max()))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(var > tiny, np.abs(delta) / np.sqrt(np.maximum(var, tiny)),
+                     np.where(np.abs(delta) < 1e-12, 0.0, np.inf))
+    return np.array([math.erfc(v / math.sqrt(2)) for v in z])
 
 
 def delong_test(labels: np.ndarray, scores: np.ndarray, ref: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Paired DeLong test of each predictor against predictor ``ref`` (two-sided).
 
     ``scores [K, N]`` or ``[K, N, C]`` -> ``(auc [K], delta [K] = auc - auc[ref], p [K])``. Identical
-    predictors (zero difference, zero variance) get p = 1.
+    predictors (zero difference, zero variance) get p = 1, so ``p[ref]`` is 1.
     """
     aucs, cov = delong_covariance(labels, scores)
     delta = aucs - aucs[ref]
     var = np.diag(cov) + cov[ref, ref] - 2 * cov[:, ref]
-    tiny = 1e-12 * max(1.0, float(np.abs(np.diag(cov)).max()))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(var > tiny, np.abs(delta) / np.sqrt(np.maximum(var, tiny)),
-                     np.where(np.abs(delta) < 1e-12, 0.0, np.inf))
-    p = np.array([math.erfc(v / math.sqrt(2)) for v in z])
-    return aucs, delta, p
+    return aucs, delta, _paired_p(delta, var, cov)
+
+
+REPEATED_DELONG_NAME = "DeLong on the repeat-averaged AUCs plus between-repeat variance"
+
+
+def repeated_delong(labels: np.ndarray, scores: np.ndarray,
+                    ref: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """DeLong on the repeat-averaged AUCs plus between-repeat variance: each predictor against ``ref``.
+
+    For a zoo trained R times (seeds) and every time scored on the same test cases. ``labels [N]``;
+    ``scores [R, K, N]`` (binary) or ``[R, K, N, C]`` (tables, AUC as in :func:`auc_score`) ->
+    ``(auc [K], delta [K], p [K], parts)``: ``auc`` the mean over the repeats of each predictor's AUC,
+    ``delta = auc - auc[ref]``, ``p`` two-sided. ``parts`` holds ``auc_per_repeat [R, K]``,
+    ``var_test_set [K]`` and ``var_repeats [K]``, the two terms of the variance of ``delta``.
+
+    The test set is shared by all repeats, so its sampling noise does not average out: the DeLong
+    components (placements) of each predictor, averaged over the repeats, give DeLong's covariance of
+    the repeat-averaged AUCs, hence ``var_test_set``. Training variance is added as the sample variance
+    (ddof 1) of the per-repeat differences ``delta_r`` over R, ``var_repeats`` (0 when R == 1).
+    ``z = delta / sqrt(var_test_set + var_repeats)``. With R == 1 this is :func:`delong_test` exactly,
+    and ``p[ref]`` is 1 there as here (zero difference, zero variance).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim not in (3, 4) or scores.shape[0] < 1:
+        raise ValueError(f"scores must be [R, K, N] or [R, K, N, C] with R >= 1 repeats, got shape {scores.shape}")
+    k = scores.shape[1]
+    if isinstance(ref, bool) or not isinstance(ref, (int, np.integer)) or not 0 <= ref < k:
+        raise ValueError(f"ref must be a predictor index in 0..{k - 1}, got {ref!r}")
+    repeats = [_delong_placements(labels, s) for s in scores]
+    per_repeat = np.stack([a for a, _ in repeats])  # [R, K]
+    w = np.mean([w for _, w in repeats], axis=0)  # [K, N]
+    cov = w @ w.T
+    aucs = per_repeat.mean(axis=0)
+    delta = aucs - aucs[ref]
+    var_test_set = np.diag(cov) + cov[ref, ref] - 2 * cov[:, ref]
+    deltas = per_repeat - per_repeat[:, ref:ref + 1]
+    r = len(per_repeat)
+    var_repeats = deltas.var(axis=0, ddof=1) / r if r > 1 else np.zeros(k)
+    p = _paired_p(delta, var_test_set + var_repeats, cov)
+    return aucs, delta, p, {"auc_per_repeat": per_repeat, "var_test_set": var_test_set, "var_repeats": var_repeats}
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p-values ``[M]`` -> ``[M]``, in the order given.
+
+    The i-th smallest of the m defined p-values becomes ``max over j <= i of min(1, (m - j + 1) p_(j))``,
+    so the adjusted values keep the order of the raw ones (tied raw values get equal adjusted values).
+    NaN entries stay NaN and do not count in m.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be one-dimensional [M], got shape {p.shape}")
+    defined = ~np.isnan(p)
+    if ((p[defined] < 0) | (p[defined] > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1] (or be NaN), got {p[defined & ((p < 0) | (p > 1))].tolist()}")
+    idx = np.flatnonzero(defined)
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m = len(order)
+    out = np.full(p.shape, np.nan)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1) of ``values [R]``, NaN entries skipped.
+
+    The mean is NaN when no value is defined, the sd when fewer than two are.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"values must be one-dimensional [R], got shape {v.shape}")
+    v = v[~np.isnan(v)]
+    mean = float(v.mean()) if v.size else float("nan")
+    return mean, float(v.std(ddof=1)) if v.size > 1 else float("nan")
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation of ``x [N]`` and ``y [N]``: Pearson's r of their midranks.
+
+    Pairs where either value is NaN are skipped; NaN when fewer than two pairs remain or either
+    side is constant.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"x and y must be one-dimensional of the same length, got shapes {x.shape} and {y.shape}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    if keep.sum() < 2:
+        return float("nan")
+    rx, ry = midranks(x[keep]), midranks(y[keep])
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
+    return float(rx @ ry) / denom if denom > 0 else float("nan")

@@ -188,3 +188,107 @@ def test_single_class_labels_give_nan_auc_and_a_clear_bootstrap_error():
     assert math.isnan(metrics.auc_score(np.ones(4), A[:4]))
     with pytest.raises(ValueError, match="single class"):
         metrics.bootstrap_auc(np.ones(4), A[:4], 10)
+
+
+def test_holm_of_four_p_values_by_hand():
+    # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06.
+    assert metrics.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # Capped at 1: 0.3 * 4 = 1.2.
+    assert metrics.holm([0.3, 0.4, 0.5, 0.6]).tolist() == [1, 1, 1, 1]
+
+
+def test_holm_skips_nan_and_gives_ties_equal_values():
+    # m = 2 defined p-values: 0.01 * 2 = 0.02, 0.04 * 1 = 0.04.
+    out = metrics.holm([np.nan, 0.04, 0.01, np.nan])
+    assert np.isnan(out[[0, 3]]).all()
+    assert out[[1, 2]] == pytest.approx([0.04, 0.02])
+    # Ties: 0.02 * 3 = 0.06, 0.02 * 2 = 0.04 -> running max keeps 0.06 for both; 0.5 * 1 = 0.5.
+    assert metrics.holm([0.5, 0.02, 0.02]) == pytest.approx([0.5, 0.06, 0.06])
+    assert metrics.holm([]).shape == (0,)
+
+
+@pytest.mark.parametrize("bad, message", [([[0.1, 0.2]], "one-dimensional"), ([0.1, 1.5], "must lie in")])
+def test_holm_rejects_bad_input(bad, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.holm(bad)
+
+
+def _random_zoo(seed: int, classes: int = 0, r: int = 1, k: int = 3, n: int = 60):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, max(classes, 2), n)
+    if classes:
+        s = rng.dirichlet(np.ones(classes), (r, k, n))
+        s[..., np.arange(n), labels] += rng.random((r, k, 1)) * 0.5
+    else:
+        s = rng.random((r, k, n)) + labels * rng.random((r, k, 1))
+    return labels, s
+
+
+@pytest.mark.parametrize("classes", [0, 2, 3])
+def test_repeated_delong_with_one_repeat_is_delong_test(classes):
+    labels, s = _random_zoo(5, classes)
+    aucs, delta, p, parts = metrics.repeated_delong(labels, s, ref=1)
+    expect = metrics.delong_test(labels, s[0], ref=1)
+    for got, want in zip((aucs, delta, p), expect):
+        assert np.array_equal(got, want)
+    assert p[1] == 1.0  # ref against itself, as delong_test gives it
+    assert parts["var_repeats"].tolist() == [0, 0, 0]
+    assert np.array_equal(parts["auc_per_repeat"], expect[0][None])
+
+
+def test_repeated_delong_of_identical_repeats_is_the_delong_p_of_one():
+    labels, s = _random_zoo(6, 3)
+    copies = np.repeat(s, 4, axis=0)  # [4, K, N, C], every repeat the same
+    aucs, delta, p, parts = metrics.repeated_delong(labels, copies)
+    expect = metrics.delong_test(labels, s[0])
+    for got, want in zip((aucs, delta, p), expect):
+        assert got == pytest.approx(want)
+    assert parts["var_repeats"] == pytest.approx([0, 0, 0])
+
+
+def test_repeated_delong_of_the_4_by_4_example_by_hand():
+    # Repeat 0 scores (A, B), repeat 1 scores (A, A): per-repeat deltas of predictor 1 are -5/32 and 0.
+    # Mean delta -5/64. Averaged placements of predictor 1 are those of (A + B) / 2, so the test-set part is
+    # var(A - (A + B) / 2) = var(A - B) / 4 = 19/6144 (see the paired example above). Between repeats: the sample
+    # variance of two values is their squared difference over 2, (5/32)^2 / 2 = 25/2048, over R = 2: 25/4096.
+    scores = np.stack([np.stack([A, B]), np.stack([A, A])])
+    aucs, delta, p, parts = metrics.repeated_delong(Y, scores)
+    assert aucs == pytest.approx([13 / 16, (13 / 16 + 21 / 32) / 2])
+    assert delta == pytest.approx([0, -5 / 64])
+    assert parts["var_test_set"] == pytest.approx([0, 19 / 6144])
+    assert parts["var_repeats"] == pytest.approx([0, 25 / 4096])
+    total = 19 / 6144 + 25 / 4096  # = 113/12288
+    assert p[1] == pytest.approx(math.erfc((5 / 64) / math.sqrt(total) / math.sqrt(2)))
+    ignoring = math.erfc((5 / 64) / math.sqrt(19 / 6144) / math.sqrt(2))
+    assert p[1] > ignoring + 0.1  # the training variance widens the test: about 0.42 against 0.16
+    assert p[0] == 1.0
+
+
+@pytest.mark.parametrize("shape, ref, message", [((2, 8), 0, r"\[R, K, N\]"), ((1, 2, 8), 2, r"0\.\.1, got 2"),
+                                                 ((1, 2, 8), -1, r"0\.\.1, got -1")])
+def test_repeated_delong_rejects_bad_shapes_and_refs(shape, ref, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.repeated_delong(Y, np.broadcast_to(A, shape), ref)
+
+
+def test_repeated_delong_docstring_names_the_test():
+    assert metrics.repeated_delong.__doc__.startswith(metrics.REPEATED_DELONG_NAME)
+
+
+def test_mean_sd_by_hand():
+    assert metrics.mean_sd([0.8, 0.9, 1.0]) == pytest.approx((0.9, 0.1))
+    mean, sd = metrics.mean_sd([0.8])
+    assert mean == 0.8 and math.isnan(sd)
+    assert metrics.mean_sd([np.nan, 0.7, 0.9]) == pytest.approx((0.8, math.sqrt(0.02)))
+    assert all(math.isnan(v) for v in metrics.mean_sd([np.nan]))
+
+
+def test_spearman_by_hand():
+    # d = 0, -1, 1, 0: rho = 1 - 6 * 2 / (4 * 15) = 0.8.
+    assert metrics.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # Tie: x ranks 1, 2.5, 2.5, 4; centred (-1.5, 0, 0, 1.5) . (-1.5, -0.5, 0.5, 1.5) = 4.5 over sqrt(4.5 * 5).
+    assert metrics.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(math.sqrt(0.9))
+    assert metrics.spearman([4, 3, np.nan, 1], [1, 2, 9, 3]) == pytest.approx(-1.0)  # NaN pair skipped
+    assert math.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match=r"shapes \(3,\) and \(2,\)"):
+        metrics.spearman([1, 2, 3], [1, 2])
