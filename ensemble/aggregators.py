@@ -16,7 +16,8 @@ Metadata an entry may set (everything that lists, builds or checks methods reads
 * ``weighted``: needs the user's member ``weights``; left out of the defaults when none are given,
   and of the subset search (it has no weights to search with).
 * ``needs_aucs``: learns its ``aucs`` parameter (the members' validation AUCs) when fitted, so it
-  needs validation labels and its validation score is in-sample.
+  needs validation labels and is scored out-of-fold like a learned combiner (its method takes
+  ``folds`` and ``seed``; see :class:`medzoo.ensemble.combiners.AggregatorMethod`).
 * ``binary_only``: for two-class tasks only.
 * ``linear``: its output is the weighted mean of the members' probabilities with the weights in its
   :class:`Parts` (they go in the ensemble's sidecar).
@@ -38,6 +39,8 @@ from medzoo.core.registry import Entry, Registry
 from medzoo.ensemble.auc import auc, class_aucs, midranks
 
 DEFAULT_TEMPERATURE = 125.0
+TEMPERATURE_CV = "cv"
+TEMPERATURE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 125.0, 300.0, 1000.0)
 DEFAULT_THRESHOLD = 0.5
 TIE_TOLERANCE = 1e-9
 POOL_BLOCK_ELEMENTS = 1 << 18
@@ -405,7 +408,9 @@ def softmax_auc(probs: np.ndarray, aucs, temperature: float = DEFAULT_TEMPERATUR
     """Weighted mean with weights ``softmax(temperature * aucs)`` over members.
 
     ``aucs``: validation AUCs, ``[M]`` (one per member; two classes) or ``[M, C]`` (per-class
-    one-vs-rest AUCs, giving per-class weights). See :func:`validation_aucs`.
+    one-vs-rest AUCs, giving per-class weights). See :func:`validation_aucs`. ``temperature``: a
+    number >= 0 here; a method built with ``temperature = "cv"`` (:data:`TEMPERATURE_CV`) chooses
+    one from :data:`TEMPERATURE_GRID` when fitted (:func:`medzoo.ensemble.combiners.cv_temperature`).
     """
     a = np.asarray(aucs, dtype=np.float64)
     if a.shape not in ((probs.shape[0],), probs.shape[::2]):

@@ -8,7 +8,7 @@ subset search can score thousands of candidate ensembles in one call.
 Binary tasks use the positive-class column (index 1); tasks with more classes use the macro
 average of one-vs-rest AUCs. :func:`binary_auc_bounds` brackets the AUC from histograms,
 without sorting, so a search can discard candidates that cannot win before scoring the rest
-exactly.
+exactly. :func:`auc_interval` and :func:`near_chance` say whether an AUC is within noise of chance.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import numpy as np
 CHUNK_ELEMENTS = 1 << 20
 BINS = 1 << 14
 TIE_CHECK_GAP = 1e-4
+CHANCE_AUC = 0.5
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval is AUC +- Z95 * SE
 
 
 def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float | np.ndarray:
@@ -206,3 +208,51 @@ def _check_labels(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         raise ValueError(f"labels must be class indices 0..{probs.shape[-1] - 1} for every image; "
                          f"got values {sorted(set(labels.tolist()))[:10]} (unknown labels are -1)")
     return labels
+
+
+def hanley_mcneil_se(a, n_pos, n_neg) -> float | np.ndarray:
+    """Standard error of ROC-AUC ``a`` from ``n_pos`` positives and ``n_neg`` negatives (numbers or arrays ``[K]``).
+
+    Hanley & McNeil (1982): ``SE^2 = (A (1 - A) + (n_pos - 1)(Q1 - A^2) + (n_neg - 1)(Q2 - A^2)) / (n_pos n_neg)``
+    with ``Q1 = A / (2 - A)`` and ``Q2 = 2 A^2 / (1 + A)``. It is 0 at A = 0 and A = 1.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    q1, q2 = a / (2 - a), 2 * a ** 2 / (1 + a)
+    se = np.sqrt((a * (1 - a) + (n_pos - 1) * (q1 - a ** 2) + (n_neg - 1) * (q2 - a ** 2)) / (n_pos * n_neg))
+    return float(se) if se.ndim == 0 else se
+
+
+def auc_interval(probs: np.ndarray, labels: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """``(auc, low, high)``: the task ROC-AUC of ``probs`` ``[N, C]`` against ``labels`` ``[N]`` and its 95% interval.
+
+    The interval is ``auc +- z * SE``, clipped to [0, 1]. Two classes: SE is Hanley & McNeil's
+    (:func:`hanley_mcneil_se`) for the positive column. More classes: the AUC is the macro mean of
+    the one-vs-rest AUCs (as :func:`auc`) and SE the mean of their Hanley & McNeil SEs, which is
+    at least the macro AUC's SE whatever the correlation between the classes (equal to it when
+    they are perfectly correlated): the interval is never narrower than it should be, so a
+    member is called better than chance only when every correlation would say so.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = _check_labels(probs, labels)
+    if probs.ndim != 2:
+        raise ValueError(f"probs have shape {probs.shape}; expected [N, C]")
+    if probs.shape[1] == 2:
+        a = binary_auc(probs[:, 1], labels == 1)
+        n_pos = int((labels == 1).sum())
+        se = hanley_mcneil_se(a, n_pos, len(labels) - n_pos)
+    else:
+        per_class = class_aucs(probs, labels)
+        n_pos = np.bincount(labels, minlength=probs.shape[1])
+        a = float(per_class.mean())
+        se = float(hanley_mcneil_se(per_class, n_pos, len(labels) - n_pos).mean())
+    return a, max(0.0, a - z * se), min(1.0, a + z * se)
+
+
+def near_chance(probs: np.ndarray, labels: np.ndarray) -> bool:
+    """True when the ROC-AUC of ``probs`` ``[N, C]`` against ``labels`` ``[N]`` is within noise of chance.
+
+    That is, when its 95% interval (:func:`auc_interval`: Hanley & McNeil standard error; for more
+    than two classes the macro AUC with the mean of the classes' standard errors) contains 0.5.
+    """
+    _, low, high = auc_interval(probs, labels)
+    return low <= CHANCE_AUC <= high

@@ -17,11 +17,16 @@ No method may see test labels: ``fit`` raises for a table whose sidecar says spl
 
 The learned combiners' ``validation_table()`` is out-of-fold (see :meth:`Combiner.fit`), so the
 validation AUC that ranks them on the leaderboard is not scored on the images they were fitted
-on. An aggregator that learns its members' AUCs reports in-sample.
+on. So is that of an aggregator that learns its members' AUCs (``needs_aucs``: softmax_auc), whose
+method takes ``folds`` and ``seed`` too (:data:`FIT_OPTIONS`). ``temperature = "cv"`` (softmax_auc,
+subset_search) chooses the temperature by inner out-of-fold AUC on the images a fit sees
+(:func:`cv_temperature`); in out-of-fold scoring each fold's fit chooses its own, nested.
 """
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -30,12 +35,14 @@ from tqdm import tqdm
 
 from medzoo.core.names import unknown_name
 from medzoo.core.registry import Entry, Registry
-from medzoo.ensemble.aggregators import AGGREGATORS, DEFAULT_TEMPERATURE, get_aggregator, validation_aucs
+from medzoo.ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, TEMPERATURE_CV, TEMPERATURE_GRID,
+                                         get_aggregator, validation_aucs)
 from medzoo.ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds
 from medzoo.ensemble.table import ProbabilityTable, align
 
 MAX_SUBSET_MEMBERS = 16
 SUBSET_CHUNK_ELEMENTS = 1 << 23
+FIT_OPTIONS = {"folds": 5, "seed": 0}  # the out-of-fold options of an aggregator that learns (needs_aucs), defaults
 
 COMBINERS = Registry("combiner")
 
@@ -50,7 +57,8 @@ class Combiner:
 
     Subclasses implement ``_fit(probs [M, N, C], labels [N])``, which may set ``weights_`` and add to
     ``info_``, and ``_predict(probs [M, N, C]) -> [N, C]``. With ``out_of_fold`` set (the learned
-    combiners, which then have ``folds`` and ``seed``), ``val_probs_`` holds out-of-fold outputs:
+    combiners and the aggregators with ``needs_aucs``, which then have ``folds`` and ``seed``),
+    ``val_probs_`` holds out-of-fold outputs:
     K = min(folds, smallest class count) stratified, seeded folds of the validation images, each
     predicted by a copy (rebuilt from :meth:`get_params`) fitted on the other K - 1; ``predict`` uses
     the fit on all of them. Otherwise it is the output on the tables it was fitted on.
@@ -93,20 +101,24 @@ class Combiner:
 
     def _cross_validate(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Out-of-fold outputs ``[N, C]`` for ``probs`` ``[M, N, C]``; records ``info_["folds"]``."""
-        from sklearn.model_selection import StratifiedKFold  # sklearn is heavy: loaded when a learned method fits
-        smallest = int(np.bincount(labels, minlength=probs.shape[2]).min())
-        folds = min(int(self.folds), smallest)
-        if folds < 2:
-            raise ValueError(f"{self.name} is scored out-of-fold on validation and needs at least 2 images of "
-                             f"every class; the smallest class has {smallest}")
+        splits = _stratified_folds(labels, probs.shape[2], self.folds, self.seed,
+                                  f"{self.name} is scored out-of-fold on validation")
         out = np.empty(probs.shape[1:])
-        for train, held in StratifiedKFold(folds, shuffle=True, random_state=int(self.seed)).split(labels, labels):
+        for train, held in splits:
             part = type(self)(**self.get_params())
             part._start(self.members_, self.classes_)
             part._fit(probs[:, train], labels[train])
             out[held] = part._predict(probs[:, held])
-        self.info_["folds"] = folds
+        self.info_["folds"] = len(splits)
         return out
+
+    def _choose_temperature(self, probs, labels, aggregator: str, params: dict) -> float:
+        """:func:`cv_temperature` with this method's ``folds`` and ``seed``; the choice and the grid's AUCs go in
+        ``info_``."""
+        chosen, inner, folds = cv_temperature(probs, labels, self.folds, self.seed, aggregator, **params)
+        self.info_.update(temperature_chosen=chosen, temperature_grid=list(TEMPERATURE_GRID),
+                          temperature_inner_aucs=inner.tolist(), temperature_inner_folds=folds)
+        return chosen
 
     def _check_fitted(self, what: str) -> None:
         if "members_" not in vars(self):
@@ -142,7 +154,13 @@ class Combiner:
 
 class AggregatorMethod(Combiner):
     """One aggregator as a method. ``params`` are the aggregator's, with member-keyed values allowed:
-    ``weights`` / ``threshold`` as ``{member: value}`` dicts. One with ``needs_aucs`` learns ``aucs`` in fit.
+    ``weights`` / ``threshold`` as ``{member: value}`` dicts.
+
+    One with ``needs_aucs`` learns ``aucs`` (``info_["val_aucs"]``) in fit and is scored
+    out-of-fold, so it also takes :data:`FIT_OPTIONS` (``folds``, ``seed``). With ``temperature =
+    "cv"`` each fit chooses its temperature by :func:`cv_temperature` on the images it sees
+    (``info_``: ``temperature_chosen``, ``temperature_grid``, ``temperature_inner_aucs``,
+    ``temperature_inner_folds``, from the fit on all validation images).
     """
 
     def __init__(self, name: str, **params):
@@ -156,19 +174,91 @@ class AggregatorMethod(Combiner):
     def needs_labels(self) -> bool:
         return bool(AGGREGATORS[self.name].get("needs_aucs"))
 
+    @property
+    def out_of_fold(self) -> bool:
+        return self.needs_labels
+
+    @property
+    def folds(self) -> int:
+        return self.params.get("folds", FIT_OPTIONS["folds"])
+
+    @property
+    def seed(self) -> int:
+        return self.params.get("seed", FIT_OPTIONS["seed"])
+
     def _validate_params(self) -> None:
         _check_options(self.name, self.params)
+        if "temperature" in self.params:
+            check_temperature(self.name, self.params["temperature"])
+        if self.needs_labels:
+            _check_fold_options(self.name, self.folds, self.seed)
 
     def _fit(self, probs, labels):
-        self.params_ = {k: _per_member(v, self.members_, k) for k, v in self.params.items()}
+        given = {k: v for k, v in self.params.items() if k not in FIT_OPTIONS}
+        self.params_ = {k: _per_member(v, self.members_, k) for k, v in given.items()}
         if self.needs_labels:
             self.params_["aucs"] = validation_aucs(probs, labels)
-            self.info_.update(val_aucs=self.params_["aucs"].tolist(), in_sample=True)
+            self.info_["val_aucs"] = self.params_["aucs"].tolist()
+            if self.params_.get("temperature") == TEMPERATURE_CV:
+                self.params_["temperature"] = self._choose_temperature(probs, labels, self.name, {
+                    k: v for k, v in self.params_.items() if k not in ("aucs", "temperature")})
         w = get_aggregator(self.name).member_weights(len(self.members_), len(self.classes_), **self.params_)
         self.weights_ = None if w is None else dict(zip(self.members_, w.tolist()))
 
     def _predict(self, probs):
         return get_aggregator(self.name)(probs, **self.params_)
+
+
+def _stratified_folds(labels: np.ndarray, c: int, folds: int, seed: int,
+                      what: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, held)`` index pairs of K = min(folds, smallest class count) stratified, seeded folds of ``labels``
+    ``[N]``.
+
+    ``c`` is the class count; K < 2 raises ``"<what> and needs at least 2 images of every class"``.
+    """
+    from sklearn.model_selection import StratifiedKFold  # sklearn is heavy: loaded when a learned method fits
+    smallest = int(np.bincount(labels, minlength=c).min())
+    k = min(int(folds), smallest)
+    if k < 2:
+        raise ValueError(f"{what} and needs at least 2 images of every class; the smallest class has {smallest}")
+    return list(StratifiedKFold(k, shuffle=True, random_state=int(seed)).split(labels, labels))
+
+
+def cv_temperature(probs: np.ndarray, labels: np.ndarray, folds: int, seed: int, aggregator: str = "softmax_auc",
+                   **params) -> tuple[float, np.ndarray, int]:
+    """The temperature of :data:`TEMPERATURE_GRID` with the best inner out-of-fold AUC: ``(T, aucs [G], K)``.
+
+    ``probs`` ``[M, N, C]``, ``labels`` ``[N]``: the images a fit sees. They are split into K
+    stratified folds (:func:`_stratified_folds`); on each, the members' AUCs are learned on the
+    other K - 1 and ``aggregator`` (one with ``needs_aucs`` and a ``temperature``; ``params`` are
+    its others) is applied to the held fold at every grid temperature. A temperature's score is
+    the AUC of its pooled out-of-fold outputs; ties go to the smaller temperature.
+    """
+    splits = _stratified_folds(labels, probs.shape[2], folds, seed,
+                              f"{aggregator} with temperature {TEMPERATURE_CV!r} chooses it by inner out-of-fold AUC "
+                              f"on the images of each fit (out-of-fold scoring fits on K - 1 folds)")
+    agg = get_aggregator(aggregator)
+    out = np.empty((len(TEMPERATURE_GRID),) + probs.shape[1:])
+    for train, held in splits:
+        aucs = validation_aucs(probs[:, train], labels[train])
+        for g, t in enumerate(TEMPERATURE_GRID):
+            out[g, held] = agg(probs[:, held], aucs=aucs, temperature=t, **params)
+    inner = np.atleast_1d(auc(out, labels))
+    return TEMPERATURE_GRID[int(np.argmax(inner))], inner, len(splits)
+
+
+def check_temperature(method: str, value) -> None:
+    """Raise unless ``value`` is a finite number >= 0 or ``"cv"`` (:data:`TEMPERATURE_CV`)."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    if not (number or value == TEMPERATURE_CV):
+        raise ValueError(f"{method} temperature = {value!r}; expected a finite number >= 0 or {TEMPERATURE_CV!r} "
+                         f"(chosen from {list(TEMPERATURE_GRID)} by inner out-of-fold AUC)")
+
+
+def _check_fold_options(method: str, folds, seed) -> None:
+    for key, value, low in (("folds", folds, 2), ("seed", seed, 0)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{method} {key} = {value!r}; expected an integer >= {low}")
 
 
 def _per_member(value, members: list[str], key: str):
@@ -199,14 +289,16 @@ def method_entry(name: str) -> Entry:
 def method_params(name: str) -> dict:
     """The options of method ``name`` with their defaults, from its signature (``inspect.Parameter.empty``: none).
 
-    A combiner's are its ``__init__`` parameters; an aggregator's are its parameters less the
-    ``aucs`` it learns in fit when it ``needs_aucs``.
+    A combiner's are its ``__init__`` parameters; an aggregator's are its parameters, and when it
+    ``needs_aucs``, less the ``aucs`` it learns in fit and plus :data:`FIT_OPTIONS` (``folds``, ``seed``).
     """
     entry = method_entry(name)
     if name in COMBINERS:
         return {p.name: p.default for p in list(inspect.signature(entry.target.__init__).parameters.values())[1:]}
-    learned = {"aucs"} if entry.get("needs_aucs") else set()
-    return {k: v for k, v in get_aggregator(name).params.items() if k not in learned}
+    params = get_aggregator(name).params
+    if not entry.get("needs_aucs"):
+        return dict(params)
+    return {**{k: v for k, v in params.items() if k != "aucs"}, **FIT_OPTIONS}
 
 
 def _check_options(name: str, options: dict) -> None:
@@ -375,7 +467,9 @@ class SubsetSearch(Combiner):
     ``aggregators``: default every registered one that needs no extra input (none ``weighted``:
     there are no weights to search with; none ``binary_only`` for more than two classes), the
     pooled ones first. Those with ``needs_aucs`` use the members' validation AUCs, and those
-    taking ``temperature`` or ``threshold`` get this search's. Each aggregator is scored first by
+    taking ``temperature`` or ``threshold`` get this search's; ``temperature = "cv"`` is chosen once
+    per fit, by :func:`cv_temperature` for the first of them over all members, and used for every
+    subset (``temperature_`` and the ``temperature_*`` ``info_`` entries). Each aggregator is scored first by
     histogram bounds on every subset's AUC, then exactly where a bound says it can matter (see
     ``_exact_candidates``). Ranking: higher AUC first, then fewer members, then aggregator order,
     then subset order. The best (aggregator, subset) on all validation images is the ensemble
@@ -385,12 +479,13 @@ class SubsetSearch(Combiner):
 
     out_of_fold = True
 
-    def __init__(self, aggregators: Sequence[str] | None = None, temperature: float = DEFAULT_TEMPERATURE,
+    def __init__(self, aggregators: Sequence[str] | None = None, temperature: float | str = DEFAULT_TEMPERATURE,
                  threshold=None, top: int = 20, folds: int = 5, seed: int = 0):
         self.aggregators, self.temperature, self.threshold = aggregators, temperature, threshold
         self.top, self.folds, self.seed = top, folds, seed
 
     def _validate_params(self) -> None:
+        check_temperature(self.name, self.temperature)
         for a in self.aggregators or []:
             if AGGREGATORS[a].get("weighted"):
                 raise ValueError(f"{self.name} cannot use {a}: it has no weights to search with; "
@@ -406,7 +501,8 @@ class SubsetSearch(Combiner):
         """Aggregator ``name``'s parameters for all M members: the learned ``aucs`` where it needs them,
         and this search's options of the same name (``{member: value}`` as a list in member order)."""
         takes = get_aggregator(name).params
-        params = {k: _per_member(v, self.members_, k) for k, v in self.get_params().items() if k in takes}
+        given = {**self.get_params(), "temperature": self.temperature_}
+        params = {k: _per_member(v, self.members_, k) for k, v in given.items() if k in takes}
         return {**params, "aucs": self.aucs_} if AGGREGATORS[name].get("needs_aucs") else params
 
     def _fit(self, probs, labels):
@@ -414,6 +510,11 @@ class SubsetSearch(Combiner):
         masks = all_subsets(m)
         names = self._aggregator_names(c)
         self.aucs_ = validation_aucs(probs, labels)
+        self.temperature_ = self.temperature
+        tempered = [name for name in names if "temperature" in get_aggregator(name).params]
+        if self.temperature == TEMPERATURE_CV and tempered:
+            others = {k: v for k, v in self._params(tempered[0]).items() if k not in ("aucs", "temperature")}
+            self.temperature_ = self._choose_temperature(probs, labels, tempered[0], others)
         with threadpool_limits(1, user_api="blas"), \
                 tqdm(total=len(names) * len(masks), desc="subset search", unit="subset", disable=None) as bar:
             bounds = [_subset_aucs(probs, labels, name, masks, True, bar, **self._params(name)) for name in names]

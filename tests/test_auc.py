@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medzoo.ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds, class_aucs, midranks
+from medzoo.ensemble.auc import (Z95, auc, auc_bounds, auc_interval, binary_auc, binary_auc_bounds, class_aucs,
+                                 hanley_mcneil_se, midranks, near_chance)
 
 
 def test_four_samples_by_hand():
@@ -109,3 +110,49 @@ def test_bounds_are_exact_for_tied_scores():
     p3 = np.stack([1 - rows, rows], axis=-1)
     lo2, hi2 = auc_bounds(p3, y)
     np.testing.assert_allclose(lo2, lo)
+
+
+def binary_probs(p1):
+    return np.stack([1 - np.asarray(p1, dtype=float), p1], axis=1)
+
+
+def test_hanley_mcneil_four_samples_by_hand():
+    # A = 3/4, 2 positives, 2 negatives: Q1 = A / (2 - A) = 3/5, Q2 = 2A^2 / (1 + A) = 9/14;
+    # SE^2 = (A(1 - A) + (Q1 - A^2) + (Q2 - A^2)) / 4 = (3/16 + 3/80 + 9/112) / 4 = (171/560) / 4 = 171/2240
+    se = np.sqrt(171 / 2240)
+    assert hanley_mcneil_se(0.75, 2, 2) == pytest.approx(se, abs=1e-15)
+    a, low, high = auc_interval(binary_probs([0.1, 0.4, 0.35, 0.8]), [0, 0, 1, 1])
+    # 0.75 +- 1.96 * 0.2763: [0.2084, 1.2916], clipped to [0, 1]; it holds 0.5, so within noise of chance
+    assert (a, high) == (0.75, 1.0) and low == pytest.approx(0.75 - Z95 * se, abs=1e-15)
+    assert near_chance(binary_probs([0.1, 0.4, 0.35, 0.8]), [0, 0, 1, 1])
+
+
+def test_a_perfect_member_has_no_error_and_is_not_near_chance():
+    assert hanley_mcneil_se(1.0, 2, 2) == 0.0 == hanley_mcneil_se(0.0, 3, 5)
+    assert auc_interval(binary_probs([0.1, 0.2, 0.8, 0.9]), [0, 0, 1, 1]) == (1.0, 1.0, 1.0)
+    assert not near_chance(binary_probs([0.1, 0.2, 0.8, 0.9]), [0, 0, 1, 1])
+
+
+def test_ten_against_ten_at_auc_point_nine_is_clear_of_chance():
+    # nine positives above every negative, one below all: 90 of 100 pairs, A = 0.9;
+    # Q1 - A^2 = A(1 - A)^2 / (2 - A) = 9/1100, Q2 - A^2 = A^2 (1 - A) / (1 + A) = 81/1900
+    y = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    p1 = np.r_[np.linspace(0.3, 0.6, 10), np.full(9, 0.9), 0.1]
+    se = np.sqrt((9 / 100 + 9 * 9 / 1100 + 9 * 81 / 1900) / 100)  # 0.0740
+    a, low, high = auc_interval(binary_probs(p1), y)
+    assert a == pytest.approx(0.9, abs=1e-15) and low == pytest.approx(0.9 - Z95 * se, abs=1e-12)  # 0.755
+    assert high == 1.0 and not near_chance(binary_probs(p1), y)
+
+
+def test_more_classes_use_the_macro_auc_and_the_mean_of_the_class_errors():
+    # one-vs-rest AUCs 1, 1 and 6/8 (class 2's positives 0.8 and 0.12 against 0.1, 0.05, 0.15, 0.2);
+    # each class has 2 positives and 4 negatives: SE(1) = 0 and SE(3/4)^2 = (3/16 + 3/80 + 3 * 9/112) / 8 = 261/4480
+    probs = np.array([[0.8, 0.1, 0.1], [0.7, 0.25, 0.05], [0.05, 0.8, 0.15], [0.1, 0.7, 0.2],
+                      [0.1, 0.1, 0.8], [0.44, 0.44, 0.12]])
+    y = np.array([0, 0, 1, 1, 2, 2])
+    a, low, high = auc_interval(probs, y)
+    assert a == pytest.approx(11 / 12, abs=1e-15) and high == 1.0
+    assert low == pytest.approx(11 / 12 - Z95 * np.sqrt(261 / 4480) / 3, abs=1e-12)  # 0.759
+    assert not near_chance(probs, y)
+    with pytest.raises(ValueError, match="expected \\[N, C\\]"):
+        auc_interval(probs[None], y)

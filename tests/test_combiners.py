@@ -5,8 +5,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
+from medzoo.ensemble.aggregators import TEMPERATURE_GRID
 from medzoo.ensemble.auc import auc
-from medzoo.ensemble.combiners import COMBINERS, GreedySelection, SubsetSearch, all_subsets, make_method
+from medzoo.ensemble.combiners import COMBINERS, GreedySelection, SubsetSearch, all_subsets, make_method, method_params
 from medzoo.ensemble.table import ProbabilityTable
 
 
@@ -48,7 +49,7 @@ def test_independent_noisy_members_ensemble_beats_each_member():
         method = make_method(name).fit(tables(p1, y))
         val = method.validation_table()
         assert auc(val.probs, val.labels) > best_member + 0.02, name
-        if name in COMBINERS:  # the table's AUC is the out-of-fold one
+        if name != "mean":  # the learned ones: the table's AUC is the out-of-fold one
             assert auc(val.probs, y) == pytest.approx(method.info_["val_auc_out_of_fold"], abs=1e-12), name
             assert method.info_["folds"] == 5, name
 
@@ -170,7 +171,7 @@ def test_method_names_and_options_are_checked():
         make_method("subset_search", aggregators=["medain"])
 
 
-@pytest.mark.parametrize("name", sorted(COMBINERS.names()))
+@pytest.mark.parametrize("name", [*sorted(COMBINERS.names()), "softmax_auc"])
 def test_learned_methods_need_two_images_of_every_class(name):
     p1, _ = noisy_members([1.0, 0.5], 6, 14)
     y = np.array([0, 0, 0, 0, 0, 1])
@@ -179,10 +180,107 @@ def test_learned_methods_need_two_images_of_every_class(name):
         make_method(name).fit(tables(p1, y))
 
 
-def test_softmax_auc_says_its_validation_is_in_sample():
-    p1, y = noisy_members([1.0, 0.5], 40, 15)
-    side = make_method("softmax_auc").fit(tables(p1, y)).validation_table().meta
-    assert side["in_sample"] is True and "val_auc_out_of_fold" not in side
+def softmax_weights(p1, y, temperature):
+    """``softmax(temperature * AUC)`` weights ``[M]`` of the rows of ``p1`` ``[M, N]``, from sklearn's AUCs."""
+    e = np.exp(temperature * np.array([roc_auc_score(y, p) for p in p1]))
+    return e / e.sum()
+
+
+def test_softmax_auc_is_scored_out_of_fold_and_predicts_with_the_fit_on_all_images():
+    p1, y = noisy_members([1.0, 0.6, 0.3], 30, 15)
+    method = make_method("softmax_auc", temperature=40, folds=3, seed=2).fit(tables(p1, y))
+    expected = np.empty(30)
+    for train, held in StratifiedKFold(3, shuffle=True, random_state=2).split(y, y):
+        expected[held] = softmax_weights(p1[:, train], y[train], 40) @ p1[:, held]
+    val = method.validation_table()
+    np.testing.assert_allclose(val.probs[:, 1], expected, rtol=0, atol=1e-12)
+    full = softmax_weights(p1, y, 40)
+    assert list(method.weights_.values()) == pytest.approx(full.tolist(), abs=1e-12)
+    np.testing.assert_allclose(method.predict(tables(p1, y)).probs[:, 1], full @ p1, rtol=0, atol=1e-12)
+    side = val.meta
+    assert side["folds"] == 3 and "in_sample" not in side
+    assert side["val_auc_out_of_fold"] == pytest.approx(roc_auc_score(y, expected), abs=1e-12)
+    assert side["val_auc_in_sample"] == pytest.approx(roc_auc_score(y, full @ p1), abs=1e-12)
+
+
+def test_fitted_aggregators_take_folds_and_seed_and_the_others_do_not():
+    assert method_params("softmax_auc") == {"temperature": 125.0, "folds": 5, "seed": 0}
+    assert method_params("mean") == {} and "folds" not in method_params("majority_vote")
+    with pytest.raises(ValueError, match="method 'mean' got unknown option\\(s\\) \\['folds'\\]"):
+        make_method("mean", folds=3)
+    with pytest.raises(ValueError, match="softmax_auc folds = 1; expected an integer >= 2"):
+        make_method("softmax_auc", folds=1)
+    with pytest.raises(ValueError, match="softmax_auc seed = -1; expected an integer >= 0"):
+        make_method("softmax_auc", seed=-1)
+    p1, y = noisy_members([1.0, 0.5], 40, 16)
+    assert "folds" not in make_method("median").fit(tables(p1, y)).sidecar()
+
+
+EPS = 1e-20
+
+
+def perfect_and_reversed(eps, n=20):
+    """Member A: eps on negatives, 2 eps on positives (AUC 1); member B: 0.9 on negatives, 0.1 on positives (AUC 0).
+
+    On any images, softmax(T * [1, 0]) weighs B by e^-T / (1 + e^-T), so a positive beats a negative
+    iff (1 - w) eps > 0.8 w, i.e. e^-T < 1.25 eps: the AUC is 1 from there on and 0 below.
+    """
+    y = np.tile([0, 1], n // 2)
+    return np.stack([np.where(y == 1, 2 * eps, eps), np.where(y == 1, 0.1, 0.9)]), y
+
+
+def test_temperature_cv_picks_the_smallest_temperature_of_the_best_inner_auc():
+    # eps = 1e-20: e^-T < 1.25e-20 from T > 45.8, so T = 100, 125, 300, 1000 tie at AUC 1; the smallest wins
+    p1, y = perfect_and_reversed(EPS)
+    method = make_method("softmax_auc", temperature="cv").fit(tables(p1, y, names=["A", "B"]))
+    info = method.info_
+    assert info["temperature_grid"] == list(TEMPERATURE_GRID) == [1, 3, 10, 30, 100, 125, 300, 1000]
+    assert info["temperature_inner_aucs"] == [0, 0, 0, 0, 1, 1, 1, 1] and info["temperature_inner_folds"] == 5
+    assert info["temperature_chosen"] == 100
+    # every out-of-fold fit chooses 100 as well, so each validation row is the T = 100 weighting
+    w = np.exp(-100) / (1 + np.exp(-100))
+    expected = np.where(y == 1, (1 - w) * 2 * EPS + w * 0.1, (1 - w) * EPS + w * 0.9)
+    np.testing.assert_allclose(method.validation_table().probs[:, 1], expected, rtol=1e-12, atol=0)
+    assert method.weights_ == pytest.approx({"A": 1 - w, "B": w}, rel=1e-12)
+    assert method.info_["val_auc_out_of_fold"] == 1.0
+
+
+def test_temperature_cv_picks_the_largest_when_only_it_is_sharp_enough():
+    # eps = 1e-200: only e^-1000 (0 in floating point) is below 1.25e-200
+    p1, y = perfect_and_reversed(1e-200)
+    info = make_method("softmax_auc", temperature="cv").fit(tables(p1, y)).info_
+    assert info["temperature_inner_aucs"] == [0] * 7 + [1] and info["temperature_chosen"] == 1000
+
+
+def test_temperature_cv_ties_everywhere_pick_the_smallest():
+    p1, y = noisy_members([1.0], 40, 17)
+    info = make_method("softmax_auc", temperature="cv").fit(tables(np.repeat(p1, 2, axis=0), y)).info_
+    assert len(set(info["temperature_inner_aucs"])) == 1 and info["temperature_chosen"] == 1
+
+
+def test_temperature_cv_needs_two_images_of_every_class_in_each_fit():
+    # 2 positives: out-of-fold scoring makes 2 folds, so each fit sees 1 positive, too few for inner folds
+    p1, _ = noisy_members([1.0, 0.5], 10, 18)
+    y = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+    with pytest.raises(ValueError, match="softmax_auc with temperature 'cv' chooses it by inner out-of-fold AUC .* "
+                                         "needs at least 2 images of every class; the smallest class has 1"):
+        make_method("softmax_auc", temperature="cv").fit(tables(p1, y))
+
+
+def test_subset_search_chooses_a_cv_temperature_once_per_fit():
+    p1, y = perfect_and_reversed(EPS)
+    search = make_method("subset_search", aggregators=["softmax_auc"], temperature="cv").fit(tables(p1, y))
+    assert search.temperature_ == 100 == search.info_["temperature_chosen"] and search.info_["selected"] == ["m0"]
+    plain = make_method("subset_search", aggregators=["mean"], temperature="cv").fit(tables(p1, y))
+    assert "temperature_chosen" not in plain.info_
+
+
+@pytest.mark.parametrize("name", ["softmax_auc", "subset_search"])
+def test_a_temperature_is_a_number_or_cv(name):
+    with pytest.raises(ValueError, match=f"{name} temperature = 'hot'; expected a finite number >= 0 or 'cv' "
+                                         f"\\(chosen from \\[1.0, 3.0, 10.0"):
+        make_method(name, temperature="hot")
+    assert make_method(name, temperature="cv").get_params()["temperature"] == "cv"
 
 
 def test_labels_needed_to_learn():

@@ -5,8 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from medzoo.ensemble.aggregators import softmax_auc_weights
-from medzoo.ensemble.auc import auc
+from medzoo.ensemble.aggregators import TEMPERATURE_GRID, softmax_auc_weights
+from medzoo.ensemble.auc import auc, auc_interval
 from medzoo.ensemble.run import build_ensembles, check_ensemble_config, load_member_tables
 from medzoo.ensemble.table import ProbabilityTable, TableError
 
@@ -41,17 +41,18 @@ def test_every_default_method_writes_val_and_test_tables(tmp_path):
         assert val.meta["dataset"] == "toy" and val.classes == ["normal", "pneumonia"]
         assert res["val_auc"] == pytest.approx(auc(val.probs, val.labels)) == pytest.approx(val.meta["val_auc"])
         assert len(test.ids) == 80 and not test.has_labels
+        assert res["left_out"] == [] == val.meta["left_out"] == test.meta["left_out"]
     side = json.loads((run / "ensembles" / "weighted_mean" / "test.json").read_text())
     assert side["weights"] == {"alpha": 0.25, "beta": 0.25, "gamma": 0.5}
     greedy = json.loads((run / "ensembles" / "greedy" / "val.json").read_text())
     assert set(greedy["selection_counts"]) == set(MEMBERS) and sum(greedy["weights"].values()) == pytest.approx(1)
-    for method in ("greedy", "stacking", "subset_search"):  # ranked by out-of-fold AUC, in-sample kept apart
+    for method in ("softmax_auc", "greedy", "stacking", "subset_search"):  # by out-of-fold AUC, in-sample apart
         side = json.loads((run / "ensembles" / method / "val.json").read_text())
         assert side["val_auc"] == results[method]["val_auc"] == pytest.approx(side["val_auc_out_of_fold"], abs=1e-12)
-        assert side["folds"] == 5 and 0.5 < side["val_auc_in_sample"] <= 1
+        assert side["folds"] == 5 and 0.5 < side["val_auc_in_sample"] <= 1 and "in_sample" not in side
     subset = json.loads((run / "ensembles" / "subset_search" / "val.json").read_text())
     assert subset["selected"] and subset["top"][0]["val_auc"] == pytest.approx(subset["val_auc_in_sample"])
-    assert json.loads((run / "ensembles" / "softmax_auc" / "val.json").read_text())["in_sample"] is True
+    assert "folds" not in json.loads((run / "ensembles" / "mean" / "val.json").read_text())
 
 
 def test_test_tables_are_the_method_applied_to_test(tmp_path):
@@ -63,6 +64,70 @@ def test_test_tables_are_the_method_applied_to_test(tmp_path):
     out = ProbabilityTable.read(run / "ensembles" / "softmax_auc" / "test.csv")
     np.testing.assert_allclose(out.probs, sum(wi * t.probs for wi, t in zip(w, test_tables)), atol=1e-9)
     assert out.meta["weights"] == pytest.approx(dict(zip(MEMBERS, w)))
+
+
+def add_noise_member(root, name="noise", seed=5):
+    """A member whose probabilities ignore the labels (uniform noise), on the run's val and test images."""
+    rng = np.random.default_rng(seed)
+    for split in ("val", "test"):
+        ref = ProbabilityTable.read(root / "predictions" / "alpha" / f"{split}.csv")
+        p = rng.uniform(size=len(ref.ids))
+        ProbabilityTable(ref.ids, ref.classes, np.stack([1 - p, p], 1), ref.labels,
+                         {"member": name, "split": split, "dataset": "toy"}
+                         ).write(root / "predictions" / name / f"{split}.csv")
+    return ProbabilityTable.read(root / "predictions" / name / "val.csv")
+
+
+def test_a_member_near_chance_is_left_out_logged_and_recorded(tmp_path):
+    run = write_run(tmp_path)
+    noise = add_noise_member(run)
+    a, low, high = auc_interval(noise.probs, noise.labels)
+    assert low < 0.5 < high
+    logged = []
+    res = build_ensembles(run, methods=["mean", "weighted_mean"], log=logged.append,
+                          config={"weights": {"alpha": 1, "beta": 1, "gamma": 2, "noise": 5}})
+    assert logged.count(f"leaving out member 'noise': validation AUC {a:.4f} (95% CI {low:.4f}-{high:.4f}) is "
+                        f"within noise of chance; name it in [ensemble] members to keep it") == 1
+    assert res["mean"]["members"] == list(MEMBERS) and res["mean"]["left_out"] == ["noise"]
+    for split in ("val", "test"):
+        side = json.loads((run / "ensembles" / "mean" / f"{split}.json").read_text())
+        assert side["left_out"] == ["noise"] and side["members"] == list(MEMBERS)
+    test_tables = load_member_tables(run, members=list(MEMBERS))[1]
+    mean = ProbabilityTable.read(run / "ensembles" / "mean" / "test.csv")
+    np.testing.assert_allclose(mean.probs, sum(t.probs for t in test_tables) / 3, atol=1e-9)
+    # the per-member weights are restricted to the members kept: 1, 1, 2 -> 0.25, 0.25, 0.5
+    weighted = json.loads((run / "ensembles" / "weighted_mean" / "val.json").read_text())
+    assert weighted["weights"] == {"alpha": 0.25, "beta": 0.25, "gamma": 0.5}
+
+
+def test_a_member_near_chance_is_kept_when_named(tmp_path):
+    run = write_run(tmp_path)
+    add_noise_member(run)
+    logged = []
+    res = build_ensembles(run, methods=["mean"], config={"members": [*MEMBERS, "noise"]}, log=logged.append)
+    assert res["mean"]["members"] == [*MEMBERS, "noise"] and res["mean"]["left_out"] == []
+    assert not [line for line in logged if "leaving out" in line]
+
+
+def test_leaving_out_near_chance_members_can_leave_too_few(tmp_path):
+    run = write_run(tmp_path, members=("alpha",))
+    add_noise_member(run)
+    logged = []
+    assert build_ensembles(run, log=logged.append) == {}
+    assert logged[0].startswith("leaving out member 'noise'")
+    assert logged[1:] == ["only one member (alpha): ensembles need at least two; skipped"]
+    assert not (run / "ensembles").exists()
+
+
+def test_softmax_auc_with_a_cv_temperature(tmp_path):
+    run = write_run(tmp_path)
+    res = build_ensembles(run, methods=["softmax_auc"], config={"temperature": "cv"}, log=None)
+    side = json.loads((run / "ensembles" / "softmax_auc" / "val.json").read_text())
+    inner, chosen = side["temperature_inner_aucs"], side["temperature_chosen"]
+    assert len(inner) == len(TEMPERATURE_GRID) and inner[TEMPERATURE_GRID.index(chosen)] == max(inner)
+    aucs = [auc(t.probs, t.labels) for t in load_member_tables(run)[0]]
+    assert list(side["weights"].values()) == pytest.approx(list(softmax_auc_weights(aucs, side["temperature_chosen"])))
+    assert res["softmax_auc"]["val_auc"] == pytest.approx(side["val_auc_out_of_fold"])
 
 
 def test_members_still_being_written_are_skipped_and_logged(tmp_path):
@@ -143,8 +208,12 @@ def test_config_errors_are_clear(tmp_path):
     ({"methods": "mean"}, "[ensemble] methods = 'mean'; expected a list of method names"),
     ({"members": ["alpha", "alpha"]},
      "[ensemble] members = ['alpha', 'alpha']; expected a list of member ids, each once"),
-    ({"temperature": 0}, "[ensemble] temperature = 0; expected a finite number > 0"),
-    ({"temperature": "hot"}, "[ensemble] temperature = 'hot'; expected a finite number > 0"),
+    ({"temperature": 0}, "[ensemble] temperature = 0; expected a finite number > 0 or 'cv'"),
+    ({"temperature": "hot"}, "[ensemble] temperature = 'hot'; expected a finite number > 0 or 'cv' "
+                             "(chosen from [1.0, 3.0, 10.0, 30.0, 100.0, 125.0, 300.0, 1000.0]"),
+    ({"subset_search": {"temperature": -1}},
+     "[ensemble.subset_search] temperature = -1; expected a finite number > 0 or 'cv'"),
+    ({"folds": 1}, "[ensemble] folds = 1; expected an integer >= 2"),
     ({"threshold": 1.5}, "[ensemble] threshold = 1.5; expected a finite number in (0, 1)"),
     ({"threshold": {"alpha": 0}}, "[ensemble] threshold.alpha = 0; expected a finite number in (0, 1)"),
     ({"members": ["alpha", "beta"], "threshold": {"alpha": 0.4}},
@@ -198,7 +267,7 @@ def test_check_config_with_the_class_count(config, message):
 
 
 def test_check_config_accepts_a_full_config_and_returns_a_copy():
-    config = {"methods": ["mean", "greedy", "subset_search"], "members": ["a", "b"], "temperature": 40,
+    config = {"methods": ["mean", "greedy", "subset_search"], "members": ["a", "b"], "temperature": "cv", "folds": 4,
               "threshold": {"a": 0.4, "b": 0.6}, "weights": {"a": [1, 0.5], "b": [0, 2]}, "seed": 3,
               "greedy": {"steps": 5, "bags": 1, "bag_fraction": 1}, "stacking": {"folds": 3, "C": 0.5},
               "subset_search": {"aggregators": ["mean", "median"], "top": 3}}
@@ -231,7 +300,8 @@ def test_score_tables_are_marked_so_reading_them_does_not_warn(tmp_path):
     for m, row in probs.items():
         ProbabilityTable(["v0", "v1", "v2"], ["a", "b", "c"], [row, row, row], [0, 1, 2], {"member": m}
                          ).write(tmp_path / "predictions" / m / "val.csv")
-    build_ensembles(tmp_path, methods=["mean", "median"], log=None)
+    # each member's AUC is 0.5 (one row for every image), so they are kept only when named
+    build_ensembles(tmp_path, methods=["mean", "median"], config={"members": list(probs)}, log=None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         median = ProbabilityTable.read(tmp_path / "ensembles" / "median" / "val.csv")
