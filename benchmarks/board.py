@@ -30,13 +30,15 @@ class Task:
 
 @dataclass
 class Entry:
-    """One leaderboard row's inputs: its validation and (optional) test tables."""
+    """One leaderboard row's inputs: its validation and (optional) test tables, and under ``[cv]`` each fold
+    model's own test table (``fold_tests``, by fold)."""
 
     name: str
     kind: str
     val: ProbabilityTable
     test: ProbabilityTable | None
     members: list[str] = field(default_factory=list)
+    fold_tests: dict[int, ProbabilityTable] = field(default_factory=dict)
 
     @property
     def test_labelled(self) -> bool:
@@ -45,7 +47,12 @@ class Entry:
 
 @dataclass
 class Board:
-    """A built leaderboard: the frame plus what the plots and the markdown header need."""
+    """A built leaderboard: the frame plus what the plots and the markdown header need.
+
+    ``entries`` are keyed like the frame's rows, ``(kind, entry)`` (a repeated run's: its first
+    repeat's tables); ``repeats`` has one row per entry and repeat (or fold) with ``replicate``,
+    ``val_auc`` and ``test_auc``, None for a single run without folds.
+    """
 
     frame: pd.DataFrame
     entries: dict[tuple[str, str], Entry]
@@ -53,3 +60,4 @@ class Board:
     primary: Task | None
     views: list[Task]
     info: dict
+    repeats: pd.DataFrame | None = None

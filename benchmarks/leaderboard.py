@@ -9,7 +9,8 @@ What each column means (the metric conventions are in :mod:`benchmarks.metrics`)
 * ``val_auc`` / ``test_auc``: binary AUC of the second class for two classes, macro one-vs-rest AUC for more;
   ``*_lo`` / ``*_hi`` its stratified-bootstrap 95% CI.
 * ``delta_vs_best_member`` / ``delong_p``: test AUC minus that of the best single member (highest
-  validation AUC; ties to the first name) and the paired DeLong p-value of that difference.
+  validation AUC; ties to the first name) and the paired DeLong p-value of that difference;
+  ``delong_p_holm`` the same p-values Holm-corrected over the board's entries.
 * ``threshold``, ``sensitivity`` ... ``f1``: the *primary task* (the dataset card's first view, else the
   second class of a two-class table; none for several classes without views) at the threshold chosen
   on validation (``youden`` or ``sens:<target>``) and applied to test.
@@ -18,6 +19,17 @@ What each column means (the metric conventions are in :mod:`benchmarks.metrics`)
   probabilities), and ``*_views_mean_auc`` when there are several views (ISIC 2017's challenge score).
 
 Test columns stay empty where the test table is missing or unlabelled (a challenge's withheld test set).
+
+A *repeated* run (members with several seeds, tables tagged ``@s<seed>``, see
+:mod:`medzoo.zoo.config`) gets one row per entry over its repeats: every number is the mean
+over the repeats, ``val_auc_sd`` / ``test_auc_sd`` their spread, ``repeats`` how many, and
+``delta_vs_best_member`` / ``delong_p`` come from :func:`benchmarks.metrics.repeated_delong`
+(test-set sampling and training variance). Each repeat's own rows go to
+``leaderboard_repeats.csv``. Under ``[cv]`` val is out-of-fold over train+val and test the fold
+models' mean; ``test_auc_fold_sd`` is the spread of the fold models' own test AUCs.
+
+Only honest validation scores rank: an entry whose validation AUC is in-sample (its weights
+were fitted on those images) is shown, starred, below every honestly scored entry.
 """
 from __future__ import annotations
 
@@ -31,11 +43,12 @@ from tqdm import tqdm
 
 from medzoo.benchmarks import metrics
 from medzoo.benchmarks.board import Board, Entry, Task
-from medzoo.benchmarks.plots import draw_board
+from medzoo.benchmarks.plots import draw_board, rank_agreement
 from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
-from medzoo.core.rundir import TABLE_FOLDERS, RunDir
+from medzoo.core.rundir import TABLE_FOLDERS, TAG, RunDir
 from medzoo.ensemble.table import ProbabilityTable, align
+from medzoo.zoo.crossval import read_folds
 from medzoo.zoo.datasets import load_card
 
 CONFIG_KEYS = ("threshold", "sensitivity", "bootstrap", "seed")
@@ -54,7 +67,9 @@ def find_entries(run_dir: str | Path) -> tuple[list[Entry], list[str]]:
             val = ProbabilityTable.read(val_path)
             test = ProbabilityTable.read(test_path) if test_path.exists() else None
             members = [str(m) for m in val.meta.get("members", [])] if kind == "ensemble" else []
-            entries.append(Entry(name, kind, val, test, members))
+            folds = {int(p.stem.removeprefix("test.fold")): ProbabilityTable.read(p)
+                     for p in sorted(rd.table_dir(kind, name).glob("test.fold*.csv"))}
+            entries.append(Entry(name, kind, val, test, members, dict(sorted(folds.items()))))
     if not entries:
         raise FileNotFoundError(f"no probability tables under {rd.tables('member')} or {rd.tables('ensemble')} "
                                 f"(expected <id>/val.csv); run `medzoo train` and `medzoo ensemble` first")
@@ -163,6 +178,16 @@ def _share_labels(entries: list[Entry]) -> None:
                 setattr(e, split, ProbabilityTable(ids, t.classes, t.probs, labels, t.meta))
 
 
+def replicate_tag(name: str) -> str | None:
+    """The repeat tag of an entry name (``"s1"`` of ``"mean@s1"``); None for an untagged (shared) entry."""
+    return name.split(TAG, 1)[1] if TAG in name else None
+
+
+def base_name(name: str) -> str:
+    """An entry name without its repeat tag."""
+    return name.split(TAG, 1)[0]
+
+
 def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: int = 1000, seed: int = 0,
             sensitivity: float | None = None) -> Board:
     """Build the leaderboard of ``run_dir`` and keep the tables it was built from (for plots).
@@ -178,7 +203,7 @@ def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: i
     entries, notes = find_entries(run_dir)
     classes = entries[0].val.classes
     for e in entries:
-        for t in (e.val, e.test):
+        for t in (e.val, e.test, *e.fold_tests.values()):
             if t is not None and t.classes != classes:
                 raise ValueError(f"{e.kind} {e.name!r} has classes {t.classes}, {entries[0].name!r} has {classes}")
     _share_labels(entries)
@@ -188,24 +213,193 @@ def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: i
     primary = views[0] if views else (Task(classes[1], (1,)) if len(classes) == 2 else None)
     if primary is None:
         notes.append("no primary binary task (several classes and no card views): threshold columns are empty")
-    rows = [_entry_row(e, primary, views, threshold, bootstrap, seed)
-            for e in tqdm(entries, desc="leaderboard", unit="entry", leave=False, disable=len(entries) < 10)]
-    members = [i for i, e in enumerate(entries) if e.kind == "member" and math.isfinite(rows[i]["val_auc"])]
-    best = entries[min(members, key=lambda i: (-rows[i]["val_auc"], entries[i].name))] if members else None
-    if best is not None:
-        _delong_vs_best(entries, best, rows, notes)
-    frame = pd.DataFrame(rows)
-    frame["_key"] = frame["val_auc"].fillna(-np.inf)
-    frame = frame.sort_values(["_key", "entry", "kind"], ascending=[False, True, True], kind="stable")
-    frame = frame.drop(columns="_key").reset_index(drop=True)
-    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    tags = sorted({t for e in entries if (t := replicate_tag(e.name))}, key=_tag_order)
+    groups = {t: [e for e in entries if replicate_tag(e.name) in (t, None)] for t in tags} or {None: entries}
+    cache: dict[tuple[str, str], dict] = {}
+    per = {}
+    progress = tqdm(total=len(entries), desc="leaderboard", unit="entry", leave=False, disable=len(entries) < 10)
+    for tag, group in groups.items():
+        rows = []
+        for e in group:
+            if (e.kind, e.name) not in cache:
+                cache[e.kind, e.name] = _entry_row(e, primary, views, threshold, bootstrap, seed)
+                progress.update()
+            rows.append(dict(cache[e.kind, e.name]))
+        best = _best_member(group, rows)
+        if best is not None:
+            _delong_vs_best(group, best, rows, notes)
+        per[tag] = (group, rows, best)
+    progress.close()
+    folds = _fold_assignment(run_dir, entries)
+    if tags:
+        frame, shown, best_name, repeats, extra = _aggregate(per, notes)
+    else:
+        group, rows, best = per[None]
+        _fold_spreads(group, rows, folds)
+        frame, shown = pd.DataFrame(rows), {(e.kind, e.name): e for e in group}
+        frame["delong_p_holm"] = metrics.holm(_others(frame, best.name if best else None, "delong_p"))
+        best_name = best.name if best else None
+        repeats = _fold_frame(group, rows, folds)
+        extra = _pick_summary({None: frame})
+    frame = _rank(frame)
+    ranks = repeats if repeats is not None and tags else frame.assign(replicate="run")
+    scored = ranks[["val_auc", "test_auc"]].notna().all(axis=1).sum() >= 2
+    rho = [float(v) for v in rank_agreement(ranks)[1].values()] if scored else []
     first = entries[0]
     info = {"run_dir": str(run_dir), "dataset": name, "threshold": str(threshold), "bootstrap": bootstrap,
-            "seed": seed, "best_member": best.name if best else None, "primary": primary.name if primary else None,
+            "seed": seed, "best_member": best_name, "primary": primary.name if primary else None,
             "n_val": len(first.val.ids), "n_test": len(first.test.ids) if first.test is not None else 0,
-            "test_labelled": first.test_labelled, "classes": classes, "notes": notes}
+            "test_labelled": first.test_labelled, "classes": classes, "notes": notes,
+            "repeats": tags, "folds": len(set(folds.values())) if folds else 0,
+            "out_of_fold": bool(first.val.meta.get("out_of_fold")), "rank_spearman": rho, **extra}
     frame.attrs["info"] = info
-    return Board(frame, {(e.kind, e.name): e for e in entries}, classes, primary, views, info)
+    return Board(frame, shown, classes, primary, views, info, repeats)
+
+
+def _tag_order(tag: str) -> tuple:
+    """Repeat tags in seed order (``s2`` before ``s10``)."""
+    return (0, int(tag[1:])) if tag[1:].isdigit() else (1, tag)
+
+
+def _best_member(entries: list[Entry], rows: list[dict]) -> Entry | None:
+    """The member with the highest validation AUC (ties to the first name); None without a scored member."""
+    members = [i for i, e in enumerate(entries) if e.kind == "member" and math.isfinite(rows[i]["val_auc"])]
+    return entries[min(members, key=lambda i: (-rows[i]["val_auc"], entries[i].name))] if members else None
+
+
+def _others(frame: pd.DataFrame, best: str | None, column: str) -> np.ndarray:
+    """``frame[column]`` with the reference member's own value (and the rows of other kinds' name) as NaN."""
+    values = frame[column].to_numpy(dtype=np.float64).copy()
+    values[((frame["entry"] == best) & (frame["kind"] == "member")).to_numpy()] = np.nan
+    return values
+
+
+def _rank(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sorted by validation AUC, honest scores first (in-sample ones below them), then name; ``rank`` 1.. first."""
+    honest = frame["val_scored"] != "in-sample"
+    frame = frame.assign(_honest=honest, _key=frame["val_auc"].fillna(-np.inf))
+    frame = frame.sort_values(["_honest", "_key", "entry", "kind"], ascending=[False, False, True, True],
+                              kind="stable").drop(columns=["_honest", "_key"]).reset_index(drop=True)
+    frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    return frame
+
+
+def _fold_assignment(run_dir: Path, entries: list[Entry]) -> dict[str, int]:
+    """The run's ``[cv]`` folds ``{image_id: fold}`` (found by the tables' dataset name); empty without them."""
+    names = {str(e.val.meta["dataset"]) for e in entries if e.val.meta.get("dataset")}
+    paths = [RunDir(run_dir).folds_csv(n) for n in sorted(names)]
+    return next((read_folds(p) for p in paths if p.is_file()), {})
+
+
+def _fold_spreads(entries: list[Entry], rows: list[dict], folds: dict[str, int]) -> None:
+    """``test_auc_fold_sd`` (spread of the fold models' own test AUCs) of every entry that has them, in place."""
+    for e, row in zip(entries, rows):
+        aucs = [metrics.auc_score(t.labels, t.probs) for t in e.fold_tests.values() if t.has_labels]
+        row["test_auc_fold_sd"] = metrics.mean_sd(aucs)[1] if aucs else float("nan")
+
+
+def _fold_frame(entries: list[Entry], rows: list[dict], folds: dict[str, int]) -> pd.DataFrame | None:
+    """One row per entry and fold (``replicate`` "fold k"): the out-of-fold AUC on fold k, the fold model's test AUC."""
+    if not folds:
+        return None
+    out = []
+    for e in entries:
+        fold_of = np.array([folds.get(i, 0) for i in e.val.ids])
+        for k in sorted(set(fold_of.tolist()) - {0}):
+            held = fold_of == k
+            t = e.fold_tests.get(k)
+            out.append({"entry": e.name, "kind": e.kind, "replicate": f"fold {k}",
+                        "val_auc": metrics.auc_score(e.val.labels[held], e.val.probs[held]) if e.val.has_labels
+                        else float("nan"),
+                        "test_auc": metrics.auc_score(t.labels, t.probs) if t is not None and t.has_labels
+                        else float("nan")})
+    return pd.DataFrame(out)
+
+
+def _aggregate(per: dict, notes: list[str]) -> tuple[pd.DataFrame, dict, str | None, pd.DataFrame, dict]:
+    """One row per entry over the repeats (means, sds, the repeated DeLong test, Holm), the repeats' long frame,
+    the entries shown for plots (the first repeat's), the best member's name and the pick summary."""
+    long = []
+    for tag, (group, rows, _) in per.items():
+        for e, row in zip(group, rows):
+            long.append({**row, "entry": base_name(e.name), "replicate": f"seed {tag[1:]}", "_entry": e})
+    frame_long = pd.DataFrame(long)
+    keys = list(dict.fromkeys(zip(frame_long["kind"], frame_long["entry"])))
+    numeric = [c for c in frame_long.columns if c not in ("entry", "kind", "replicate", "_entry", "val_scored",
+                                                          "members") and pd.api.types.is_numeric_dtype(frame_long[c])]
+    rows = []
+    for kind, entry in keys:
+        part = frame_long[(frame_long["kind"] == kind) & (frame_long["entry"] == entry)]
+        shared = replicate_tag(part["_entry"].iloc[0].name) is None
+        values = part.iloc[:1] if shared else part
+        row = {"entry": entry, "kind": kind, **{c: float(values[c].mean()) for c in numeric}}
+        row["val_auc_sd"] = metrics.mean_sd(values["val_auc"].to_numpy())[1]
+        row["test_auc_sd"] = metrics.mean_sd(values["test_auc"].to_numpy())[1]
+        row["repeats"] = len(values)
+        row["val_scored"] = part["val_scored"].iloc[0]
+        row["members"] = ", ".join(dict.fromkeys(base_name(m.strip()) for m in ", ".join(part["members"]).split(",")
+                                                 if m.strip()))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    member_rows = frame[(frame["kind"] == "member") & frame["val_auc"].notna()]
+    best = min(zip(-member_rows["val_auc"], member_rows["entry"]))[1] if len(member_rows) else None
+    frame["delta_vs_best_member"] = frame["delong_p"] = np.nan
+    if best is not None:
+        _repeated_delong(per, frame, best, notes)
+    frame["delong_p_holm"] = metrics.holm(_others(frame, best, "delong_p"))
+    first = next(iter(per.values()))[0]
+    shown = {(e.kind, base_name(e.name)): e for e in first}
+    by_tag = {tag: pd.DataFrame([{**r, "entry": base_name(e.name)} for e, r in zip(group, rws)])
+              for tag, (group, rws, _) in per.items()}
+    repeats = frame_long.drop(columns="_entry")
+    return frame, shown, best, repeats, _pick_summary(by_tag)
+
+
+def _repeated_delong(per: dict, frame: pd.DataFrame, best: str, notes: list[str]) -> None:
+    """Fill ``delta_vs_best_member`` / ``delong_p`` of ``frame`` from :func:`metrics.repeated_delong`, in place.
+
+    Entries with a labelled test table in every repeat take part; the reference is member ``best``.
+    """
+    keys = [(k, e) for k, e in zip(frame["kind"], frame["entry"])]
+    tables = {key: [] for key in keys}
+    for group, _, _ in per.values():
+        found = {(e.kind, base_name(e.name)): e for e in group}
+        for key in keys:
+            e = found.get(key)
+            tables[key].append(e.test if e is not None and e.test_labelled else None)
+    usable = [key for key in keys if all(t is not None for t in tables[key])]
+    if ("member", best) not in usable:
+        return
+    stacks = []
+    for r in range(len(per)):
+        ids, _, probs, labels = align([tables[key][r] for key in usable])
+        stacks.append(probs)
+    try:
+        _, delta, p, _ = metrics.repeated_delong(labels, np.stack(stacks), usable.index(("member", best)))
+    except ValueError as err:
+        notes.append(f"repeated DeLong test skipped: {err}")
+        return
+    for k, key in enumerate(usable):
+        i = keys.index(key)
+        frame.loc[i, "delta_vs_best_member"], frame.loc[i, "delong_p"] = float(delta[k]), float(p[k])
+
+
+def _pick_summary(by_tag: dict) -> dict:
+    """How the pick held up in each repeat: was the entry ranked first by validation the test-best, and the best
+    ensemble's (by validation) test margin over the best member's (by validation)."""
+    picked, margins = [], []
+    for frame in by_tag.values():
+        honest = frame[(frame["val_scored"] != "in-sample") & frame["val_auc"].notna()]
+        tested = honest[honest["test_auc"].notna()]
+        if tested.empty:
+            continue
+        top = tested.sort_values(["val_auc", "entry"], ascending=[False, True], kind="stable").iloc[0]
+        picked.append(bool(top["test_auc"] >= tested["test_auc"].max()))
+        ens = tested[tested["kind"] == "ensemble"].sort_values(["val_auc", "entry"], ascending=[False, True])
+        mem = tested[tested["kind"] == "member"].sort_values(["val_auc", "entry"], ascending=[False, True])
+        if len(ens) and len(mem):
+            margins.append(float(ens.iloc[0]["test_auc"] - mem.iloc[0]["test_auc"]))
+    return {"pick_was_test_best": picked, "ensemble_margins": margins}
 
 
 def build_leaderboard(run_dir: str | Path, threshold: str | float = "youden", bootstrap: int = 1000,
@@ -222,6 +416,16 @@ def _fmt(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
+def _fmt_sd(sd) -> str:
+    """`` ± 0.0021`` for a finite spread, else nothing."""
+    return f" ± {sd:.4f}" if isinstance(sd, float) and math.isfinite(sd) else ""
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """``frame[name]``, or NaN everywhere when a board written before it lacks the column."""
+    return frame[name] if name in frame else pd.Series(np.nan, index=frame.index)
+
+
 def _fmt_p(p) -> str:
     if not isinstance(p, float) or not math.isfinite(p):
         return ""
@@ -231,14 +435,17 @@ def _fmt_p(p) -> str:
 def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns people read, formatted as strings (CI as ``[lo, hi]``); used by the markdown and the terminal."""
     out = pd.DataFrame({"rank": frame["rank"].astype(str), "entry": frame["entry"], "kind": frame["kind"]})
-    out["val AUC"] = [_fmt(a) + ("*" if how == "in-sample" else "") for a, how in zip(frame["val_auc"], frame["val_scored"])]
+    out["val AUC"] = [_fmt(a) + _fmt_sd(sd) + ("*" if how == "in-sample" else "")
+                      for a, sd, how in zip(frame["val_auc"], _column(frame, "val_auc_sd"), frame["val_scored"])]
     show_test = frame["test_auc"].notna().any()
     if show_test:
-        out["test AUC"] = frame["test_auc"].map(_fmt)
+        spread = _column(frame, "test_auc_sd") if "test_auc_sd" in frame else _column(frame, "test_auc_fold_sd")
+        out["test AUC"] = [_fmt(a) + _fmt_sd(sd) for a, sd in zip(frame["test_auc"], spread)]
         out["test 95% CI"] = [f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else ""
                               for lo, hi in zip(frame["test_auc_lo"], frame["test_auc_hi"])]
         out["Δ vs best member"] = frame["delta_vs_best_member"].map(lambda x: "" if not math.isfinite(x) else f"{x:+.4f}")
-        out["DeLong p"] = frame["delong_p"].map(_fmt_p)
+        out["p"] = frame["delong_p"].map(_fmt_p)
+        out["p (Holm)"] = _column(frame, "delong_p_holm").map(_fmt_p)
     else:
         out["val 95% CI"] = [f"[{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else ""
                              for lo, hi in zip(frame["val_auc_lo"], frame["val_auc_hi"])]
@@ -268,16 +475,41 @@ def to_markdown(frame: pd.DataFrame) -> str:
              f"- N: val {info.get('n_val')}, test {info.get('n_test')} ({test_state})",
              f"- AUC: {auc_rule}; 95% CI from a stratified bootstrap of {info.get('bootstrap')} replicates "
              f"(seed {info.get('seed')})",
-             "- Ranked by validation AUC" + (f"; Δ and DeLong p (paired, on test) against the best single member "
-                                              f"by validation AUC: {info.get('best_member')}" if labelled else "")]
+             "- Ranked by validation AUC" + (f"; Δ and p (on test) against the best single member by validation "
+                                              f"AUC: {info.get('best_member')}" if labelled else "")]
+    repeats = info.get("repeats") or []
+    if labelled:
+        test_name = (metrics.REPEATED_DELONG_NAME if repeats else "paired DeLong test")
+        lines.append(f"- p: {test_name}; p (Holm): Holm-corrected over the board's "
+                     f"{int(frame['delong_p_holm'].notna().sum()) if 'delong_p_holm' in frame else 0} comparisons")
+    if repeats:
+        lines.append(f"- Repeats: {len(repeats)} ({', '.join(repeats)}); every number is the mean over the repeats, "
+                     f"± the sd across them; each repeat's rows: leaderboard_repeats.csv")
+    if info.get("out_of_fold"):
+        lines.append(f"- val: out-of-fold over all {info.get('n_val')} train+val images ({info.get('folds')} folds; "
+                     f"each image scored by the fold model that did not train on it); test: the mean of the fold "
+                     f"models (bagged)" + ("; test ± : sd of the fold models' own test AUCs" if not repeats else ""))
+    rho = [r for r in info.get("rank_spearman") or [] if math.isfinite(r)]
+    if rho:
+        lines.append(f"- Spearman correlation of validation and test ranks: " + (
+            f"{rho[0]:.2f}" if len(rho) == 1 else f"{np.mean(rho):.2f} (mean over repeats; from {min(rho):.2f} "
+                                                   f"to {max(rho):.2f})"))
+    picked, margins = info.get("pick_was_test_best") or [], info.get("ensemble_margins") or []
+    if len(picked) > 1:
+        lines.append(f"- The entry ranked first by validation was the test-best in {sum(picked)} of {len(picked)} "
+                     f"repeats")
+    if len(margins) > 1:
+        mean, sd = metrics.mean_sd(np.array(margins))
+        lines.append(f"- Best ensemble's test margin over the best member (each by validation, per repeat): "
+                     f"{mean:+.4f} ± {sd:.4f} (from {min(margins):+.4f} to {max(margins):+.4f})")
     if labelled and info.get("primary"):
         lines.append(f"- Sensitivity, specificity: task '{info.get('primary')}' at the threshold chosen on validation "
                      f"({info.get('threshold')}), applied to test")
     if labelled:
         lines.append("- Accuracy, balanced accuracy: argmax of the class probabilities")
     if (frame["val_scored"] == "in-sample").any():
-        lines.append("- val AUC*: in-sample (the method's weights were fitted on these validation images); "
-                     "learned selections (greedy, stacking, subset_search) are scored out-of-fold")
+        lines.append("- val AUC*: in-sample (the method's weights were fitted on these validation images): shown, "
+                     "not ranked; such entries come after every honestly scored one")
     lines += [f"- Note: {n}" for n in info.get("notes", [])]
     lines += ["", "| " + " | ".join(shown.columns) + " |", "|" + "|".join("---" for _ in shown.columns) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
@@ -355,6 +587,8 @@ def write_leaderboard(run_dir: str | Path, threshold: str | float = "youden", bo
     board = collect(rd.path, threshold, bootstrap, seed, sensitivity)
     write_text(rd.leaderboard_csv, board.frame.to_csv(index=False))
     write_text(rd.leaderboard_md, to_markdown(board.frame))
+    if board.repeats is not None and board.info.get("repeats"):
+        write_text(rd.leaderboard_repeats_csv, board.repeats.to_csv(index=False))
     if plots:
         board.info["plots"] = [str(p) for p in draw_board(rd.path, board)]
     return board.frame

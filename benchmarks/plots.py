@@ -1,4 +1,5 @@
-"""Leaderboard figures (matplotlib, Agg, PNG): ROC curves, a confusion matrix, AUC with CIs, training curves.
+"""Leaderboard figures (matplotlib, Agg, PNG): ROC curves, a confusion matrix, AUC with CIs, training curves,
+the spread of AUCs over replicates and the agreement of validation and test ranks.
 
 The drawing functions take plain arrays; :func:`draw_board` picks what to draw from a built leaderboard.
 Every figure is written atomically.
@@ -11,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from medzoo.benchmarks import metrics
@@ -116,6 +118,130 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: str | Path) -
     return _save(fig, Path(path))
 
 
+SPREAD_COLUMNS = ("entry", "kind", "replicate", "val_auc", "test_auc")
+RANK_COLUMNS = ("entry", "val_auc", "test_auc")
+SPLIT_STYLES = (("test_auc", "test", "black", "o"), ("val_auc", "val", "tab:orange", "^"))
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: frame lacks columns {missing}; it has {list(frame.columns)}, "
+                         f"and needs {list(columns)}")
+    if frame.empty:
+        raise ValueError(f"{what}: frame has no rows")
+
+
+def plot_spread(frame: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Each entry's AUC over its replicates (seeds or folds): one row per entry, first entry on top.
+
+    ``frame`` has one row per entry and replicate, columns ``entry``, ``kind`` ("member" or "ensemble"),
+    ``replicate`` (str, e.g. "seed 0"), ``val_auc``, ``test_auc`` (NaN allowed, e.g. a withheld test).
+    Entries keep their order of first appearance. Each replicate's test AUC is a dot, its validation AUC
+    a triangle just below it, each with a bar from mean - sd to mean + sd (:func:`metrics.mean_sd`) and
+    a tick at the mean; a split with no defined AUC is left out.
+    """
+    _require(frame, SPREAD_COLUMNS, "plot_spread")
+    keys = list(dict.fromkeys(zip(frame["entry"], frame["kind"])))
+    n = len(keys)
+    fig = Figure(figsize=(8, 0.36 * n + 1.6))
+    ax = fig.subplots()
+    ypos = np.arange(n)[::-1]
+    drawn = []
+    for offset, (col, split, color, marker) in zip((0.13, -0.13), SPLIT_STYLES):
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isnan(values).all():
+            continue
+        drawn.append(values)
+        for y, (entry, kind) in zip(ypos, keys):
+            v = values[((frame["entry"] == entry) & (frame["kind"] == kind)).to_numpy()]
+            mean, sd = metrics.mean_sd(v)
+            ax.scatter(v, np.full(len(v), y + offset), s=26, color=color, marker=marker, alpha=0.85,
+                       edgecolors="white", lw=0.5, zorder=3,
+                       label=f"{split} AUC, one per replicate" if y == ypos[0] else None)
+            if np.isfinite(sd):
+                ax.plot([mean - sd, mean + sd], [y + offset] * 2, color=color, lw=2, alpha=0.45,
+                        label=f"{split} mean ± 1 sd" if y == ypos[0] else None)
+            ax.plot([mean], [y + offset], marker="|", ms=11, mew=2, color=color)
+    finite = np.concatenate([v[np.isfinite(v)] for v in drawn]) if drawn else np.empty(0)
+    left = max(0.0, float(finite.min()) - 0.02) if finite.size else 0.0
+    right = min(1.005, float(finite.max()) + 0.02) if finite.size else 1.005
+    ax.set(yticks=ypos, ylim=(-0.6, n - 0.4), xlim=(left, right), title=title,
+           xlabel="ROC-AUC (marks: replicates; bar: mean ± 1 sd; tick: mean)")
+    ax.set_yticklabels([f"{entry} ({kind})" for entry, kind in keys], fontsize=8)
+    for label, (_, kind) in zip(ax.get_yticklabels(), keys):  # ensembles in bold blue, members in black
+        if kind == "ensemble":
+            label.set(color=KIND_COLORS["ensemble"], fontweight="bold")
+    ax.grid(axis="x", alpha=0.3)
+    for y in ypos[:-1]:
+        ax.axhline(y - 0.5, color="black", lw=0.3, alpha=0.2)
+    ax.plot([], [], ls="none", label="bold blue names: ensembles")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    return _save(fig, Path(path))
+
+
+def rank_agreement(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Validation and test ranks of entries (1 = highest AUC, ties share their mean rank) and their Spearman.
+
+    ``frame`` has columns ``entry``, ``val_auc``, ``test_auc`` and optionally ``replicate`` (ranked within
+    each replicate); rows lacking either AUC are dropped. Returns ``(ranked, rho)``: the kept rows with
+    ``val_rank`` and ``test_rank`` added, and Spearman's correlation per replicate (key ``""`` without a
+    ``replicate`` column; NaN where fewer than two entries or a constant side).
+    """
+    _require(frame, RANK_COLUMNS, "rank_agreement")
+    kept = frame.assign(val_auc=pd.to_numeric(frame["val_auc"], errors="coerce"),
+                        test_auc=pd.to_numeric(frame["test_auc"], errors="coerce")).dropna(subset=["val_auc", "test_auc"])
+    if kept.empty:
+        raise ValueError(f"rank_agreement: none of the {len(frame)} rows has both val_auc and test_auc")
+    groups = kept["replicate"].astype(str) if "replicate" in kept.columns else pd.Series("", index=kept.index)
+    ranked, rho = [], {}
+    for name in dict.fromkeys(groups):
+        g = kept[(groups == name).to_numpy()]
+        n = len(g)
+        ranked.append(g.assign(val_rank=n + 1 - metrics.midranks(g["val_auc"].to_numpy()),
+                               test_rank=n + 1 - metrics.midranks(g["test_auc"].to_numpy())))
+        rho[name] = metrics.spearman(g["val_auc"], g["test_auc"])
+    return pd.concat(ranked), rho
+
+
+def plot_rank_agreement(frame: pd.DataFrame, path: str | Path, title: str) -> float:
+    """Test rank against validation rank of each entry (and replicate), with the diagonal; writes ``path``.
+
+    ``frame`` as for :func:`rank_agreement`. Each replicate has its own colour; the entries ranked first
+    by validation are ringed and named in the legend. Returns the Spearman correlation shown in the
+    title: the only one without replicates, else the mean over the replicates that have one (NaN if none).
+    """
+    ranked, rho = rank_agreement(frame)
+    defined = [v for v in rho.values() if np.isfinite(v)]
+    mean_rho = float(np.mean(defined)) if defined else float("nan")
+    groups = ranked["replicate"].astype(str) if "replicate" in ranked else pd.Series("", index=ranked.index)
+    n = int(groups.value_counts().max())
+    fig = Figure(figsize=(6.4, 6))
+    ax = fig.subplots()
+    ax.plot([0.5, n + 0.5], [0.5, n + 0.5], ls=":", color="black", lw=0.8, label="same rank")
+    for i, (name, r) in enumerate(rho.items()):
+        g = ranked[(groups == name).to_numpy()]
+        ax.scatter(g["val_rank"], g["test_rank"], s=30, color=f"C{i % 10}", alpha=0.75, lw=0,
+                   label=f"{name} (ρ {r:.2f})" if name else None)
+    top = ranked[ranked["val_rank"] == ranked.groupby(groups)["val_rank"].transform("min")]
+    ax.scatter(top["val_rank"], top["test_rank"], s=160, facecolors="none", edgecolors="tab:red", lw=1.5,
+               label="rank 1 by validation: " + ", ".join(dict.fromkeys(top["entry"].astype(str))))
+    if len(rho) == 1:
+        shown = f"Spearman ρ = {mean_rho:.3f} (n = {n})"
+        ticks = ranked.groupby("val_rank")["entry"].agg(lambda e: ", ".join(map(str, e)))
+        ax.set_xticks(ticks.index, [f"{e} ({r:g})" for r, e in ticks.items()], rotation=60, ha="right", fontsize=7)
+    else:
+        shown = f"mean Spearman ρ over {len(rho)} replicates = {mean_rho:.3f}"
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlim=(0.5, n + 0.5), ylim=(n + 0.5, 0.5), aspect="equal", title=f"{title}\n{shown}",
+           xlabel="validation rank (1 = best)", ylabel="test rank (1 = best)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    _save(fig, Path(path))
+    return mean_rho
+
+
 def _split_for(board: Board) -> str:
     return "test" if board.info.get("test_labelled") else "val"
 
@@ -132,7 +258,8 @@ def draw_board(run_dir: str | Path, board: Board) -> list[Path]:
     """Draw every leaderboard figure into the run's ``plots/``; returns the files written.
 
     ROC curves of the top three ensembles and the best member, the confusion matrix of the top
-    entry, AUC bars with CIs, and the members' training curves, each where there is something to draw.
+    entry, AUC bars with CIs, each entry's spread over repeats or folds, validation rank against
+    test rank, and the members' training curves, each where there is something to draw.
     """
     rd = RunDir(run_dir)
     split = _split_for(board)
@@ -148,6 +275,16 @@ def draw_board(run_dir: str | Path, board: Board) -> list[Path]:
     shown = board.frame[board.frame[f"{split}_auc"].notna()]
     if len(shown):
         written.append(_draw_auc_bars(shown, split, best, rd.plots / "auc_ci.png"))
+    spread = board.repeats if board.repeats is not None else board.frame.assign(replicate="run")
+    if board.repeats is not None:
+        order = list(zip(board.frame["entry"], board.frame["kind"]))
+        spread = spread.assign(_o=[order.index(k) if k in order else len(order)
+                                   for k in zip(spread["entry"], spread["kind"])]).sort_values("_o", kind="stable")
+        written.append(plot_spread(spread.drop(columns="_o"), rd.plots / "spread.png",
+                                   f"AUC of each entry over its {'repeats' if board.info.get('repeats') else 'folds'}"))
+    if spread[["val_auc", "test_auc"]].notna().all(axis=1).sum() >= 2:
+        written.append(rd.plots / "rank_agreement.png")
+        plot_rank_agreement(spread, written[-1], "Validation rank against test rank")
     histories = {}
     for member in rd.member_ids():
         path = rd.member(member).history

@@ -5,14 +5,18 @@ Paths are the run folder's (:class:`medzoo.core.rundir.RunDir`): member tables a
 Methods are fitted on the members' validation tables only, then applied to the validation
 and (when present) test tables. Each output is a probability table whose sidecar names the
 method, the members, their weights and method-specific entries (selection counts, the
-chosen subset, stacking coefficients, the validation AUC). The learned combiners' validation
-tables and AUCs are out-of-fold (their sidecars also give the in-sample AUC).
+chosen subset, stacking coefficients, the validation AUC, the members left out). The validation
+tables and AUCs of the learned combiners and of the aggregators that learn their members' AUCs
+(softmax_auc) are out-of-fold (their sidecars also give the in-sample AUC). Members whose
+validation AUC is within noise of chance (:func:`medzoo.ensemble.auc.near_chance`) are left out
+of every method unless ``members`` names them.
 
 The ``[ensemble]`` section of a config (a dict here) may hold:
 ``methods`` (list), ``members`` (list of member ids to use), the options shared by every method
-that takes them (:data:`SHARED_KEYS`): ``temperature`` (softmax_auc and subset_search),
-``threshold`` (vote threshold: a number or ``{member: t}``), ``weights`` (``{member: w}`` or
-``{member: [w per class]}``, enables the ``weighted`` aggregators), ``seed``; and one option table
+that takes them (:data:`SHARED_KEYS`): ``temperature`` (softmax_auc and subset_search: a number,
+or ``"cv"`` to choose it by inner out-of-fold AUC), ``threshold`` (vote threshold: a number or
+``{member: t}``), ``weights`` (``{member: w}`` or ``{member: [w per class]}``, enables the
+``weighted`` aggregators), ``folds`` and ``seed`` (out-of-fold scoring); and one option table
 per learned combiner, named after it, of its constructor's options (e.g. ``greedy``: steps, bags,
 bag_fraction, folds, seed; ``stacking``: folds, C, seed; ``subset_search``: aggregators,
 temperature, threshold, top, folds, seed). What applies to which method is read from the method
@@ -22,6 +26,7 @@ whole, keys and values, without reading a file.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import numbers
 from pathlib import Path
@@ -29,15 +34,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medzoo.core.names import unknown_name
-from medzoo.core.rundir import RunDir
-from medzoo.ensemble.aggregators import AGGREGATORS, normalise_weights
-from medzoo.ensemble.auc import auc
+from medzoo.core.rundir import TAG, RunDir
+from medzoo.ensemble.aggregators import AGGREGATORS, TEMPERATURE_CV, TEMPERATURE_GRID, normalise_weights
+from medzoo.ensemble.auc import auc, auc_interval, near_chance
 from medzoo.ensemble.combiners import COMBINERS, make_method, method_entry, method_names, method_params
 from medzoo.ensemble.table import ProbabilityTable, TableError, align, sidecar_path
 
-SHARED_KEYS = ("temperature", "threshold", "weights", "seed")
-OPTION_LOWER_BOUNDS = {"folds": (2, False), "C": (0, True), "top": (0, False), "temperature": (0, True),
-                       "seed": (0, False)}
+SHARED_KEYS = ("temperature", "threshold", "weights", "folds", "seed")
+OPTION_LOWER_BOUNDS = {"folds": (2, False), "C": (0, True), "top": (0, False), "seed": (0, False)}
 
 
 def config_keys() -> tuple[str, ...]:
@@ -50,9 +54,11 @@ def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[li
     """``(val tables, test tables)`` of the run's members, in member-id order (test empty when no member has one).
 
     Members are the member-table folders holding a val table and, when the run has a members
-    folder, a finished ``done`` marker (written after the tables, so a member another job is still
-    writing is left out). Skipped folders are logged with the reason. ``members`` restricts them;
-    asking for one that was skipped raises. Raises naming members that lack a test table the others have.
+    folder, a finished ``done`` marker of every unit the table's sidecar names (``units``; else the
+    folder's own name), written after the tables, so a member another job is still writing is
+    left out. Skipped folders are logged with the reason. ``members`` restricts them (a member id
+    without a repeat tag stands for all its repeats, ``resnet18`` for ``resnet18@s0``, ...); asking
+    for one that was skipped raises. Raises naming members that lack a test table the others have.
     """
     run = RunDir(run_dir)
     folders = run.table_names("member")
@@ -60,8 +66,10 @@ def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[li
     for m in folders:
         if not run.table("member", m, "val").exists():
             skipped[m] = f"no {run.table('member', m, 'val')}"
-        elif run.members.is_dir() and not run.member(m).done.exists():
-            skipped[m] = f"not finished: no {run.member(m).done}"
+            continue
+        unfinished = [run.member(u).done for u in _units(run, m) if not run.member(u).done.exists()]
+        if run.members.is_dir() and unfinished:
+            skipped[m] = f"not finished: no {unfinished[0]}"
     for m, why in skipped.items():
         if log:
             log(f"skipping member {m!r}: {why}")
@@ -71,12 +79,15 @@ def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[li
         done = f" and {layout.member('<member>').done}" if run.members.is_dir() else ""
         raise FileNotFoundError(f"no member tables under {run.tables('member')} "
                                 f"(expected {layout.table('member', '<member>', 'val')}{done})")
+    names = []
     for m in members or []:
         if m in skipped:
             raise ValueError(f"member {m!r} cannot be used: {skipped[m]}")
-        if m not in found:
+        repeats = [f for f in found if TAG in f and f.split(TAG, 1)[0] == m]
+        if m not in found and not repeats:
             raise ValueError(unknown_name("member", m, found))
-    names = list(members) if members else found
+        names += [m] if m in found else repeats
+    names = names or found
     with_test = [m for m in names if run.table("member", m, "test").exists()]
     without = [m for m in names if m not in with_test]
     if with_test and without:
@@ -88,6 +99,33 @@ def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[li
         return t
 
     return [read(m, "val") for m in names], [read(m, "test") for m in with_test]
+
+
+def _units(run: RunDir, member: str) -> list[str]:
+    """The training units whose done markers finish member table ``member`` (its val sidecar's ``units``)."""
+    path = sidecar_path(run.table("member", member, "val"))
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    return [str(u) for u in meta.get("units") or [member]]
+
+
+def fold_tables(run_dir: str | Path, members: list[str]) -> dict[int, list[ProbabilityTable]]:
+    """``{fold: [test.fold<k> table of each member]}`` for the folds every one of ``members`` has (``[cv]`` runs)."""
+    run = RunDir(run_dir)
+    common = None
+    for m in members:
+        found = {int(p.stem.removeprefix("test.fold")) for p in run.table_dir("member", m).glob("test.fold*.csv")}
+        common = found if common is None else common & found
+    return {k: [ProbabilityTable.read(run.table("member", m, f"test.fold{k}")) for m in members]
+            for k in sorted(common or ())}
+
+
+def repeat_groups(names: list[str]) -> dict[str, list[str]]:
+    """Member names grouped by repeat: ``{"": names}`` unless some carry a repeat tag (``resnet18@s1``), then
+    ``{"@s1": [the members tagged s1 and the untagged ones, shared by every repeat], ...}`` in seed order."""
+    tags = sorted({n.split(TAG, 1)[1] for n in names if TAG in n}, key=lambda t: (len(t), t))
+    if not tags:
+        return {"": list(names)}
+    return {f"{TAG}{t}": [n for n in names if TAG not in n or n.split(TAG, 1)[1] == t] for t in tags}
 
 
 def methods_table() -> str:
@@ -126,10 +164,11 @@ def check_ensemble_config(config: dict | None, n_classes: int | None = None) -> 
     """The ``[ensemble]`` config checked whole, keys and values, before anything runs; returns a copy.
 
     ``methods``: registered method names; ``members``: member ids, each once; ``temperature``:
-    a number > 0; ``threshold``: a number in (0, 1) or ``{member: t}``; ``weights``: ``{member: w}``
-    or ``{member: [w per class]}`` of finite numbers >= 0 with a positive sum; ``seed``: an
-    integer >= 0; one table per learned combiner (``greedy``, ``stacking``, ``subset_search``) of
-    its options (integers where the default is one, numbers where it is a float). Every method
+    a number > 0 or ``"cv"``; ``threshold``: a number in (0, 1) or ``{member: t}``; ``weights``:
+    ``{member: w}`` or ``{member: [w per class]}`` of finite numbers >= 0 with a positive sum;
+    ``folds``: an integer >= 2; ``seed``: an integer >= 0; one table per learned combiner
+    (``greedy``, ``stacking``, ``subset_search``) of its options (integers where the default is
+    one, numbers where it is a float). Every method
     named in ``methods`` or by an option table is then built once, so its own checks
     (``_validate_params``) run too. With ``n_classes``: ``threshold`` and ``binary_only`` methods
     need two classes, per-class weights one per class. Pure and fast: no file is read. Raises
@@ -153,11 +192,13 @@ def check_ensemble_config(config: dict | None, n_classes: int | None = None) -> 
     if members is not None and (not _is_names(members) or len(set(members)) != len(members)):
         raise ValueError(f"[ensemble] members = {members!r}; expected a list of member ids, each once")
     if "temperature" in config:
-        _check_number("[ensemble] temperature", config["temperature"], low=0, open_low=True)
+        _check_temperature("[ensemble] temperature", config["temperature"])
     if "threshold" in config:
         _check_threshold("[ensemble] threshold", config["threshold"], members)
     if "weights" in config:
         _check_weights(config["weights"], members, n_classes)
+    if "folds" in config:
+        _check_number("[ensemble] folds", config["folds"], integer=True, low=2)
     if "seed" in config:
         _check_number("[ensemble] seed", config["seed"], integer=True, low=0)
     tables = [name for name in COMBINERS.names() if name in config]
@@ -202,6 +243,16 @@ def _check_number(where: str, value, *, integer: bool = False, low: float | None
         elif low is not None:
             what += f" {'>' if open_low else '>='} {low}"
         raise ValueError(f"{where} = {value!r}; expected {what}")
+
+
+def _check_temperature(where: str, value) -> None:
+    """A number > 0, or ``"cv"``: chosen from :data:`TEMPERATURE_GRID` by inner out-of-fold AUC."""
+    if value == TEMPERATURE_CV:
+        return
+    kind_ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not (kind_ok and value > 0):
+        raise ValueError(f"{where} = {value!r}; expected a finite number > 0 or {TEMPERATURE_CV!r} "
+                         f"(chosen from {list(TEMPERATURE_GRID)} by inner out-of-fold validation AUC)")
 
 
 def _check_per_member(where: str, table: dict, members) -> None:
@@ -257,6 +308,8 @@ def _check_option_table(name: str, table, members) -> None:
             raise ValueError(unknown_name(f"{where} key", key, defaults, label="allowed"))
         if key == "threshold":
             _check_threshold(f"{where} threshold", value, members)
+        elif key == "temperature":
+            _check_temperature(f"{where} temperature", value)
         elif key == "aggregators" and not _is_names(value):
             raise ValueError(f"{where} aggregators = {value!r}; expected a list of aggregator names, "
                              f"e.g. [\"mean\", \"softmax_auc\"]")
@@ -270,13 +323,19 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
     """Fit every method on the members' validation tables and write its val (and test) table.
 
     ``methods`` overrides ``config["methods"]``; default :func:`default_methods`. Outputs go to
-    ``RunDir(run_dir).table("ensemble", method, split)``. Returns
-    ``{method: {"dir": str, "members": [ids], "val_auc": float | None, "test": bool}}``;
-    ``val_auc`` is out-of-fold for the learned combiners (greedy, stacking, subset_search) and
-    in-sample for aggregators that learn their members' AUCs (softmax_auc). With fewer than two
-    usable members nothing is built (the config and methods are still checked), a note is logged
-    and ``{}`` returned. A table whose rows are scores rather than probabilities gets
-    ``rows_sum_to_one: false`` in its sidecar.
+    ``RunDir(run_dir).table("ensemble", method, split)``. A repeated run (member tables tagged
+    ``@s<seed>``) gets every method once per repeat, over that repeat's members and the untagged
+    ones, named ``<method>@s<seed>``; naming tagged members in ``config["members"]`` builds one
+    ensemble across them instead (a seed ensemble). Unless ``config["members"]`` names the
+    members, those whose validation AUC is within noise of chance (:func:`near_chance_members`)
+    are left out of every method, each logged once, and the ``{member: value}`` options are
+    restricted to the members kept. Returns
+    ``{method: {"dir": str, "members": [ids], "val_auc": float | None, "test": bool, "left_out": [ids]}}``
+    (every table's sidecar also gets ``left_out``); ``val_auc`` is out-of-fold for the learned
+    combiners (greedy, stacking, subset_search) and for aggregators that learn their members' AUCs
+    (softmax_auc). With fewer than two usable members nothing is built (the config and methods are
+    still checked), a note is logged and ``{}`` returned. A table whose rows are scores rather than
+    probabilities gets ``rows_sum_to_one: false`` in its sidecar.
     """
     run = RunDir(run_dir)
     config = check_ensemble_config(config)
@@ -285,32 +344,91 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
     if test_tables:
         align(test_tables)
     names = list(methods or config.get("methods") or default_methods(config, len(classes)))
-    built = {name: make_method(name, **method_options(name, config)) for name in names}
     check_ensemble_config({**config, "methods": names, "members": [t.name for t in val_tables]}, len(classes))
+    tagged = any(TAG in m for m in config.get("members") or [])  # named repeats: one ensemble across them
+    groups = {"": [t.name for t in val_tables]} if tagged else repeat_groups([t.name for t in val_tables])
+    results = {}
+    for suffix, members in groups.items():
+        if len(groups) > 1 and log:
+            log(f"repeat {suffix[1:]}: members {', '.join(members)}")
+        results.update(_build_group(run, names, config, [t for t in val_tables if t.name in members],
+                                    [t for t in test_tables if t.name in members], suffix, log))
+    return results
+
+
+def _build_group(run: RunDir, names: list[str], config: dict, val_tables: list[ProbabilityTable],
+                 test_tables: list[ProbabilityTable], suffix: str, log) -> dict:
+    """:func:`build_ensembles` over one set of members (one repeat), outputs named ``<method><suffix>``.
+
+    Under ``[cv]`` each method is also applied to every fold's own member test tables (``test.fold<k>``).
+    """
+    left_out = [] if config.get("members") else near_chance_members(val_tables, log)
+    if left_out:
+        val_tables = [t for t in val_tables if t.name not in left_out]
+        test_tables = [t for t in test_tables if t.name not in left_out]
+        config = _restricted(config, [t.name for t in val_tables])
     if len(val_tables) < 2:
         if log:
-            log(f"only one member ({val_tables[0].name}): ensembles need at least two; skipped")
+            have = f"only one member ({val_tables[0].name})" if val_tables else "no member left"
+            log(f"{have}: ensembles need at least two; skipped")
         return {}
+    built = {name: make_method(name, **method_options(name, config)) for name in names}
+    folds = fold_tables(run.path, [t.name for t in test_tables]) if test_tables else {}
     results = {}
     for name, method in tqdm(built.items(), desc="ensembles", unit="method", disable=None):
+        out_name = name + suffix
         method.fit(val_tables)
         val = method.validation_table()
         val_auc = auc(val.probs, val.labels) if val.has_labels else None
-        val.meta.update(split="val", val_auc=val_auc)
-        _write(val, run.table("ensemble", name, "val"))
-        test_path = run.table("ensemble", name, "test")
+        val.meta.update(split="val", val_auc=val_auc, left_out=left_out)
+        test_path = run.table("ensemble", out_name, "test")
         if test_tables:
+            for k, tables in folds.items():
+                fold = method.predict(tables)
+                fold.meta.update(split="test", fold=k, val_auc=val_auc, left_out=left_out)
+                _write(fold, run.table("ensemble", out_name, f"test.fold{k}"))
             test = method.predict(test_tables)
-            test.meta.update(split="test", val_auc=val_auc)
+            test.meta.update(split="test", val_auc=val_auc, left_out=left_out)
             _write(test, test_path)
         else:
             for stale in (test_path, sidecar_path(test_path)):
                 stale.unlink(missing_ok=True)
-        out = run.table_dir("ensemble", name)
-        results[name] = {"dir": str(out), "members": method.members_, "val_auc": val_auc, "test": bool(test_tables)}
+        _write(val, run.table("ensemble", out_name, "val"))
+        out = run.table_dir("ensemble", out_name)
+        results[out_name] = {"dir": str(out), "members": method.members_, "val_auc": val_auc,
+                             "test": bool(test_tables), "left_out": left_out}
         if log:
-            log(f"{name:>20s}  val AUC {'-' if val_auc is None else f'{val_auc:.4f}'}  -> {out}")
+            log(f"{out_name:>20s}  val AUC {'-' if val_auc is None else f'{val_auc:.4f}'}  -> {out}")
     return results
+
+
+def near_chance_members(val_tables: list[ProbabilityTable], log=print) -> list[str]:
+    """The ids of the members whose validation AUC is within noise of chance (:func:`medzoo.ensemble.auc.near_chance`).
+
+    Each is logged once with its AUC and interval. Tables without a label for every image are not judged.
+    """
+    out = []
+    for t in val_tables:
+        if t.has_labels and near_chance(t.probs, t.labels):
+            out.append(t.name)
+            a, low, high = auc_interval(t.probs, t.labels)
+            if log:
+                log(f"leaving out member {t.name!r}: validation AUC {a:.4f} (95% CI {low:.4f}-{high:.4f}) is within "
+                    f"noise of chance; name it in [ensemble] members to keep it")
+    return out
+
+
+def _restricted(config: dict, members: list[str]) -> dict:
+    """``config`` with every ``{member: value}`` option (``threshold``, ``weights``, a combiner's ``threshold``)
+    restricted to ``members``."""
+    def keep(value):
+        return {m: v for m, v in value.items() if m in members} if isinstance(value, dict) else value
+
+    out = {k: keep(v) if k in ("threshold", "weights") else v for k, v in config.items()}
+    for name in COMBINERS.names():
+        if name in out and "threshold" in out[name]:
+            out[name] = {**out[name], "threshold": keep(out[name]["threshold"])}
+    return out
 
 
 def _write(table: ProbabilityTable, path: Path) -> None:

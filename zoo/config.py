@@ -15,6 +15,16 @@ Layout (see ``benchmarks/quick_pneumoniamnist.toml``)::
     size = 64                     # default: the model's default input size
     id = "resnet18"               # default: the model name
     lr = 3e-4                     # any [train] key may be overridden per member
+    seeds = [0, 1, 2]             # repeats (default: the top-level seeds, else [seed])
+    [cv]
+    folds = 5                     # K-fold cross-validation of every member over train+val
+
+Each member trains as one or more *units* (:meth:`ZooConfig.units`): one per seed and, under
+``[cv]``, per fold. A zoo is *repeated* when a member has several seeds; repeat tags are
+``@s<seed>``, and a member with one seed is shared by every repeat. ``snapshots = M`` in
+``[train]`` turns one training run into M members (a cyclic cosine schedule, one snapshot at
+the end of each cycle). Names: a unit's folder is ``<id>[@s<seed>][@f<k>]`` (k from 1), the
+member tables it feeds are ``<id>[.snap<j>][@s<seed>]``; ``@`` is reserved for these tags.
 
 ``[ensemble]``, ``[leaderboard]`` and ``[submission]`` are kept as plain
 dicts for the layers that read them. ``dist_timeout`` (seconds a distributed collective
@@ -28,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from medzoo.core.names import unknown_name
+from medzoo.core.rundir import TAG
 from medzoo.zoo.tomlfile import merge_tables
 
 CHOICES = {
@@ -83,6 +94,7 @@ class TrainConfig:
     effective_batch: int = 0
     sync_bn: bool = False
     max_train_batches: int = 0
+    snapshots: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -94,6 +106,42 @@ class MemberConfig:
     model: str
     size: int
     train: TrainConfig
+    seeds: tuple[int, ...] = (0,)
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The member-table names of one of its runs, before the repeat tag: ``<id>`` or ``<id>.snap<j>``."""
+        m = self.train.snapshots
+        return (self.id,) if m == 1 else tuple(f"{self.id}.snap{j}" for j in range(1, m + 1))
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """``[cv]``: K-fold cross-validation of every member over train+val (``folds = 0``: off).
+
+    ``seed`` fixes the stratified (and, when the dataset names groups, grouped) fold assignment,
+    shared by every member and repeat.
+    """
+
+    folds: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training run: a member at one seed and, under ``[cv]``, one fold (1-based; None without cv).
+
+    ``name`` is its folder under ``members/``; ``tag`` its repeat (``"s1"``, None when the member is
+    not repeated); ``entries`` the member tables its run feeds (a fold unit feeds them through the
+    cross-validation assembly, :mod:`medzoo.zoo.crossval`).
+    """
+
+    name: str
+    member: MemberConfig
+    seed: int
+    tag: str | None
+    fold: int | None
+    entries: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -104,11 +152,13 @@ class ZooConfig:
     dataset: str
     members: tuple[MemberConfig, ...]
     seed: int = 0
+    seeds: tuple[int, ...] = ()
     device: str = "auto"
     data_root: str | None = None
     dist_timeout: float = 1800.0
     claim_timeout: float = 600.0
     train: TrainConfig = field(default_factory=TrainConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
     ensemble: dict = field(default_factory=dict)
     leaderboard: dict = field(default_factory=dict)
     submission: dict = field(default_factory=dict)
@@ -121,17 +171,48 @@ class ZooConfig:
             raise ValueError(unknown_name("member", member_id, ids, label="allowed", sort=False))
         return self.members[ids.index(member_id)]
 
+    @property
+    def repeats(self) -> tuple[int, ...]:
+        """The seeds of the repeated members (every repeated member has the same list); () when not repeated."""
+        return next((m.seeds for m in self.members if len(m.seeds) > 1), ())
+
+    def units(self, member_ids=None) -> list[Unit]:
+        """The training runs of the members named (default: all): repeat by repeat, then member, then fold."""
+        chosen = [self.member(m) for m in member_ids] if member_ids else list(self.members)
+        out = []
+        for name, i, seed, tag, fold in unit_names([(m.id, m.seeds) for m in chosen], self.cv.folds):
+            m = chosen[i]
+            entries = tuple(e + (f"{TAG}{tag}" if tag else "") for e in m.entries)
+            out.append(Unit(name, m, seed, tag, fold, entries))
+        return out
+
     def to_dict(self) -> dict:
         """Plain JSON-able dict of the resolved config (what a run folder records, ``RunDir.write_config``)."""
         return asdict(self)
+
+
+def unit_names(members: list[tuple[str, tuple[int, ...]]], folds: int) -> list[tuple[str, int, int, str | None,
+                                                                                   int | None]]:
+    """``(name, member index, seed, tag, fold)`` of every unit of ``members`` (``(id, seeds)``) under ``folds``
+    (0: no cv), repeat by repeat, then member, then fold; what :meth:`ZooConfig.units` and a recorded
+    config's reader (``schedule.status``) share."""
+    out = []
+    for r in range(max(len(seeds) for _, seeds in members)):
+        for i, (member_id, seeds) in enumerate(members):
+            if r < len(seeds):
+                tag = f"s{seeds[r]}" if len(seeds) > 1 else None
+                base = member_id + (f"{TAG}{tag}" if tag else "")
+                out += [(base + (f"{TAG}f{k}" if k else ""), i, seeds[r], tag, k)
+                        for k in (range(1, folds + 1) if folds else [None])]
+    return out
 
 
 def parse_config(raw: dict, overrides: dict | None = None, source: str | None = None) -> ZooConfig:
     """Validate a config dict (the parsed TOML) into a :class:`ZooConfig`."""
     raw = merge_tables(raw, overrides or {})
     forced = dict((overrides or {}).get("train", {}))
-    top = {f.name for f in fields(ZooConfig)} - {"members", "train", "source"}
-    _check_keys(raw, top | {"members", "train"}, "the config")
+    top = {f.name for f in fields(ZooConfig)} - {"members", "train", "source", "cv"}
+    _check_keys(raw, top | {"members", "train", "cv"}, "the config")
     for key in ("run", "dataset"):
         if key not in raw:
             raise ValueError(f"the config lacks required key {key!r} (e.g. {key} = \"pneumoniamnist\")")
@@ -140,6 +221,9 @@ def parse_config(raw: dict, overrides: dict | None = None, source: str | None = 
         if k in kwargs and not isinstance(kwargs[k], str):
             raise ValueError(f"{k} = {kwargs[k]!r}; expected a string")
     _check_type("seed", kwargs.get("seed", 0), int)
+    if "seeds" in kwargs:
+        kwargs["seeds"] = _parse_seeds(kwargs["seeds"], "seeds")
+    kwargs["cv"] = _parse_cv(raw.get("cv", {}))
     _check_device(kwargs.get("device", "auto"))
     for k in ("dist_timeout", "claim_timeout"):
         if k in kwargs:
@@ -154,13 +238,46 @@ def parse_config(raw: dict, overrides: dict | None = None, source: str | None = 
     members_raw = raw.get("members", [])
     if not isinstance(members_raw, list) or not members_raw:
         raise ValueError("the config has no [[members]]; add at least one, e.g. [[members]] model = \"resnet18\"")
-    members = tuple(_parse_member(m, i, defaults_raw, forced) for i, m in enumerate(members_raw))
+    seeds = kwargs.get("seeds") or (kwargs.get("seed", 0),)
+    members = tuple(_parse_member(m, i, defaults_raw, forced, seeds) for i, m in enumerate(members_raw))
     seen = set()
     for m in members:
         if m.id in seen:
             raise ValueError(f"member id {m.id!r} is used twice; give each [[members]] a unique id = \"...\"")
         seen.add(m.id)
+    _check_repeats(members)
     return ZooConfig(members=members, train=defaults, source=source, **kwargs)
+
+
+def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
+    """A non-empty list of distinct integers >= 0."""
+    ok = isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                   for v in value)
+    if not ok or len(set(value)) != len(value):
+        raise ValueError(f"{where} = {value!r}; expected a non-empty list of distinct integers >= 0, e.g. [0, 1, 2]")
+    return tuple(value)
+
+
+def _parse_cv(raw: Any) -> CVConfig:
+    """``[cv]``: ``folds`` (an integer >= 2) and ``seed`` (an integer >= 0, default 0)."""
+    _check_keys(raw, [f.name for f in fields(CVConfig)], "[cv]")
+    if not raw:
+        return CVConfig()
+    if "folds" not in raw:
+        raise ValueError("[cv] needs folds = K (an integer >= 2), e.g. folds = 5")
+    folds = _check_type("[cv] folds", raw["folds"], int)
+    seed = _check_type("[cv] seed", raw.get("seed", 0), int)
+    if folds < 2 or seed < 0:
+        raise ValueError(f"[cv] folds = {folds}, seed = {seed}; folds must be >= 2 and seed >= 0")
+    return CVConfig(folds=folds, seed=seed)
+
+
+def _check_repeats(members: tuple[MemberConfig, ...]) -> None:
+    """Repeated members (several seeds) must share one list of seeds: repeat i of the zoo is seed i of each."""
+    lists = {m.seeds for m in members if len(m.seeds) > 1}
+    if len(lists) > 1:
+        raise ValueError(f"repeated members have different seeds {sorted(lists)}; give every repeated member the "
+                         f"same list (a member with one seed is shared by every repeat)")
 
 
 def parse_train(raw: dict, where: str) -> TrainConfig:
@@ -246,12 +363,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberConfig:
+def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict, seeds: tuple[int, ...]) -> MemberConfig:
     where = f"[[members]] #{i + 1}"
     if not isinstance(raw, dict) or "model" not in raw:
         raise ValueError(f"{where} needs model = \"<name>\", got {raw!r}")
     train_keys = [f.name for f in fields(TrainConfig)]
-    _check_keys(raw, ["model", "size", "id", *train_keys], where)
+    _check_keys(raw, ["model", "size", "id", "seeds", *train_keys], where)
     # Lazy: the model registry imports torch, and this module stays torch-free so that
     # medzoo.config checks the other sections of a config before torch loads.
     from medzoo.zoo.models import list_models, model_info
@@ -264,10 +381,13 @@ def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict) -> MemberC
     if size < info.min_size:
         raise ValueError(f"{where}: size {size} is below {model}'s minimum input size {info.min_size}")
     member_id = str(raw.get("id", model))
-    if not member_id or "/" in member_id or member_id.startswith("."):
-        raise ValueError(f"{where}: id {member_id!r} must be a plain folder name")
+    if not member_id or "/" in member_id or member_id.startswith(".") or TAG in member_id:
+        raise ValueError(f"{where}: id {member_id!r} must be a plain folder name without {TAG!r} "
+                         f"(it marks repeats and folds)")
     merged = merge_tables(merge_tables(defaults_raw, {k: v for k, v in raw.items() if k in train_keys}), forced)
-    return MemberConfig(id=member_id, model=model, size=size, train=parse_train(merged, f"{where} ({member_id})"))
+    member_seeds = _parse_seeds(raw["seeds"], f"{where} seeds") if "seeds" in raw else seeds
+    return MemberConfig(id=member_id, model=model, size=size, train=parse_train(merged, f"{where} ({member_id})"),
+                        seeds=member_seeds)
 
 
 def _parse_augment(raw: dict, where: str) -> AugmentConfig:
@@ -285,7 +405,7 @@ def _parse_augment(raw: dict, where: str) -> AugmentConfig:
 
 
 def _check_ranges(cfg: TrainConfig, where: str) -> None:
-    positive = ("epochs", "batch_size", "accumulate", "lr")
+    positive = ("epochs", "batch_size", "accumulate", "lr", "snapshots")
     non_negative = ("weight_decay", "momentum", "warmup_epochs", "focal_gamma", "patience",
                     "unfreeze_after", "max_train_batches", "plateau_patience", "effective_batch")
     for k in positive:
@@ -299,6 +419,11 @@ def _check_ranges(cfg: TrainConfig, where: str) -> None:
                          f"{cfg.batch_size} and replaces accumulate (= {cfg.accumulate}); set one of the two")
     if not 0 <= cfg.label_smoothing < 1:
         raise ValueError(f"{where} label_smoothing = {cfg.label_smoothing}; allowed range [0, 1)")
+    if cfg.snapshots > 1 and (cfg.schedule != "cosine" or cfg.epochs % cfg.snapshots
+                              or cfg.warmup_epochs >= cfg.epochs // cfg.snapshots):
+        raise ValueError(f"{where} snapshots = {cfg.snapshots} needs schedule = \"cosine\" (got {cfg.schedule!r}), "
+                         f"epochs divisible by it (got epochs = {cfg.epochs}) and warmup_epochs (= "
+                         f"{cfg.warmup_epochs}) shorter than one cycle: each snapshot ends one cosine cycle")
     if not 0 < cfg.plateau_factor < 1:
         raise ValueError(f"{where} plateau_factor = {cfg.plateau_factor}; allowed range (0, 1)")
 

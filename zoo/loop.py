@@ -60,18 +60,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Per-step cosine with linear warm-up, per-epoch reduce-on-plateau (on val AUC), or ``None``."""
+    """Per-step cosine with linear warm-up, per-epoch reduce-on-plateau (on val AUC), or ``None``.
+
+    With ``snapshots = M`` the cosine restarts: M cycles of ``epochs / M`` epochs, each from the
+    full rate down to zero (Huang et al. 2017, snapshot ensembles); the warm-up is in the first.
+    """
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
                                                           patience=cfg.plateau_patience)
     if cfg.schedule == "none":
         return None
-    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    cycle = cfg.epochs // cfg.snapshots * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        start = warm if step < cycle else step - step % cycle
+        end = cycle if step < cycle else start + cycle
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / max(1, end - start))))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -1,11 +1,15 @@
-"""Training one zoo member: load its data, build it, resume it, run its epochs, predict its tables.
+"""Training one unit of a zoo (a member at one seed, and one fold under ``[cv]``): load its data, build it,
+resume it, run its epochs, predict its tables.
 
-The member's files are those of :class:`~medzoo.core.rundir.MemberDir`: the resume checkpoint
-(everything needed to continue), the best checkpoint (weights with the best validation ROC-AUC),
-the history and curves and, when finished, the done record; its probability tables are the run
-folder's member tables (``RunDir.table("member", id, split)``, val and test). Every write is
-atomic, so a run killed at any moment resumes from its last completed epoch. Under ``torchrun``
-one member trains with DistributedDataParallel; only rank 0 writes files.
+The unit's files are those of :class:`~medzoo.core.rundir.MemberDir`: the resume checkpoint
+(everything needed to continue), the best checkpoint (weights with the best validation ROC-AUC;
+under ``[cv]`` and for snapshot members the last epoch's, since their validation images are
+scored and must not pick the weights), one checkpoint per snapshot, the history and curves and,
+when finished, the done record. Its probability tables are the run folder's member tables
+(``RunDir.table("member", entry, split)``, val and test), or for a fold unit its own
+(``MemberDir.table``), which :mod:`medzoo.zoo.crossval` assembles. Every write is atomic, so a
+run killed at any moment resumes from its last completed epoch. Under ``torchrun`` one unit
+trains with DistributedDataParallel; only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo import distributed
 from medzoo.zoo.checkpoint import (load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                    set_rng_state)
-from medzoo.zoo.config import MemberConfig, ZooConfig
+from medzoo.zoo import crossval
+from medzoo.zoo.config import MemberConfig, Unit, ZooConfig
 from medzoo.zoo.curves import plot_curves, write_history
 from medzoo.zoo.datasets import Dataset, SplitArrays, load_arrays, open_dataset
 from medzoo.zoo.device import resolve_device, seed_everything, use_channels_last
@@ -64,8 +69,12 @@ def check_trainable(ds: Dataset) -> None:
                              f"class in train and val: move some images there or drop the class")
 
 
-def _load_data(cfg: ZooConfig, size: int) -> tuple[str, list[str], dict[str, SplitArrays]]:
-    """(dataset name, classes, {split: SplitArrays}) at ``size`` px; rank 0 fills the cache first."""
+def _load_data(cfg: ZooConfig, size: int, run: RunDir, fold: int | None) -> tuple[str, list[str],
+                                                                                 dict[str, SplitArrays]]:
+    """(dataset name, classes, {split: SplitArrays}) at ``size`` px; rank 0 fills the cache first.
+
+    For fold ``fold`` the splits are :func:`medzoo.zoo.crossval.fold_data`'s, from the run's folds.
+    """
     ds = open_dataset(cfg.dataset, data_root=cfg.data_root)
     check_trainable(ds)
     splits = [s for s in ("train", "val", "test") if s in ds.splits]
@@ -76,6 +85,8 @@ def _load_data(cfg: ZooConfig, size: int) -> tuple[str, list[str], dict[str, Spl
             arrays = {s: load_arrays(ds, s, size) for s in splits}
         if turn:
             distributed.barrier()
+    if fold is not None:
+        arrays = crossval.fold_data(arrays, crossval.read_folds(run.folds_csv(ds.name)), fold)
     return ds.name, list(ds.classes), arrays
 
 
@@ -96,13 +107,14 @@ class _Run:
         for k in self.KEYS:
             setattr(self, k, ckpt[k])
 
-    def record(self, auc: float, patience: int) -> bool:
+    def record(self, auc: float, patience: int, last: bool = False) -> bool:
         """Count one more epoch with validation AUC ``auc``; returns whether it is the best so far.
 
         The first epoch is always best (its AUC may be NaN); ``patience`` epochs in a row without
-        improvement stop the run (0: never).
+        improvement stop the run (0: never). With ``last`` every epoch is the best (the validation
+        AUC is only recorded).
         """
-        improved = self.best_epoch == 0 or auc > self.best_auc
+        improved = last or self.best_epoch == 0 or auc > self.best_auc
         self.epoch += 1
         if improved:
             self.best_auc, self.best_epoch, self.bad_epochs = auc, self.epoch, 0
@@ -121,6 +133,7 @@ class _Trainer:
     """
 
     cfg: ZooConfig
+    unit: Unit
     member: MemberConfig
     files: MemberDir
     dist: distributed.DistInfo
@@ -145,19 +158,37 @@ class _Trainer:
         """Images per optimizer step over all processes."""
         return self.static["effective_batch"]
 
+    @property
+    def select_last(self) -> bool:
+        """Whether the last epoch's weights are kept (no early stop): fold units and snapshot members."""
+        return self.unit.fold is not None or self.member.train.snapshots > 1
 
-def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path, *, progress: bool = True,
+    @property
+    def cycle(self) -> int:
+        """Epochs per snapshot (the whole run without snapshots)."""
+        return self.member.train.epochs // self.member.train.snapshots
+
+
+def train_member(cfg: ZooConfig, unit: Unit | MemberConfig | str, run_dir: str | Path, *, progress: bool = True,
                  on_batch: Callable | None = None, on_epoch: Callable | None = None,
                  log: Callable[[str], None] | None = None) -> dict:
-    """Train one member into ``run_dir`` (resuming from its resume checkpoint) and write its tables.
+    """Train one unit into ``run_dir`` (resuming from its resume checkpoint) and write its tables.
 
+    A member (or its id) stands for its only unit; one with several (seeds, folds) raises.
     ``on_batch(i, idx)`` runs after every training batch, ``on_epoch(epoch)`` after every
-    epoch (claim heartbeats). Returns ``{"member", "model", "size", "val_auc", "test_auc",
-    "best_epoch", "epochs", "minutes", "effective_batch", "status"}`` (also the done record).
+    epoch (claim heartbeats). Returns ``{"member", "unit", "model", "size", "seed", "fold",
+    "entries", "val_auc", "test_auc", "best_epoch", "epochs", "minutes", "effective_batch",
+    "status"}`` (also the done record; ``val_auc``/``test_auc`` are the last entry's).
     """
-    member = cfg.member(member) if isinstance(member, str) else member
+    if not isinstance(unit, Unit):
+        member_id = unit if isinstance(unit, str) else unit.id
+        units = cfg.units([member_id])
+        if len(units) != 1:
+            raise ValueError(f"member {member_id!r} trains as {len(units)} units ({', '.join(u.name for u in units)}); "
+                             f"train them with train_zoo or pass one of cfg.units()")
+        unit = units[0]
     run = RunDir(run_dir)
-    tr = _prepare(cfg, member, run.member(member.id), log)
+    tr = _prepare(cfg, unit, run, log)
     _resume(tr)
     _say_plan(tr)
     _train_epochs(tr, progress, on_batch, on_epoch)
@@ -165,36 +196,38 @@ def train_member(cfg: ZooConfig, member: MemberConfig | str, run_dir: str | Path
     return _finish(tr, run)
 
 
-def _prepare(cfg: ZooConfig, member: MemberConfig, files: MemberDir, log) -> _Trainer:
-    """Load the data and build the model, loader, optimizer, schedule and loss (seeded by ``cfg.seed``)."""
+def _prepare(cfg: ZooConfig, unit: Unit, run: RunDir, log) -> _Trainer:
+    """Load the data and build the model, loader, optimizer, schedule and loss (seeded by ``unit.seed``)."""
+    member = unit.member
     t = member.train
     dist = distributed.info()
     device = resolve_device(cfg.device)
     info = model_info(member.model)
-    dataset, classes, data = _load_data(cfg, member.size)
-    model, channels_last = _build_model(cfg, member, len(classes), device)
+    dataset, classes, data = _load_data(cfg, member.size, run, unit.fold)
+    model, channels_last = _build_model(member, unit.seed, len(classes), device)
     amp_dtype, scaler = amp_setup(device, t)
     train = data["train"]
-    loader = _train_loader(cfg, member, train, info, device, channels_last)
+    loader = _train_loader(member, unit.seed, train, info, device, channels_last)
     n_batches = min(len(loader), t.max_train_batches) if t.max_train_batches else len(loader)
     accumulate = accumulation_steps(t, dist.world_size)
     optimizer = make_optimizer(model, t)
     scheduler = make_scheduler(optimizer, t, math.ceil(n_batches / accumulate))
     loss_fn = make_loss(t, class_weights(train.labels, len(classes)), device)
     static = {"arch": member.model, "classes": classes, "size": member.size, "mean": list(info.mean),
-              "std": list(info.std), "member": member.id, "dataset": dataset, "vflip": t.augment.vflip,
-              "config": asdict(member), "effective_batch": t.batch_size * dist.world_size * accumulate}
-    return _Trainer(cfg=cfg, member=member, files=files, dist=dist, device=device, say=logger_for(log, dist.is_main),
+              "std": list(info.std), "member": member.id, "unit": unit.name, "seed": unit.seed, "fold": unit.fold,
+              "dataset": dataset, "vflip": t.augment.vflip, "config": asdict(member),
+              "effective_batch": t.batch_size * dist.world_size * accumulate}
+    return _Trainer(cfg=cfg, unit=unit, member=member, files=run.member(unit.name), dist=dist, device=device, say=logger_for(log, dist.is_main),
                     info=info, data=data, model=model, channels_last=channels_last, amp_dtype=amp_dtype,
                     scaler=scaler, loader=loader, accumulate=accumulate, optimizer=optimizer, scheduler=scheduler,
                     loss_fn=loss_fn, static=static)
 
 
-def _build_model(cfg: ZooConfig, member: MemberConfig, num_classes: int, device: torch.device
+def _build_model(member: MemberConfig, seed: int, num_classes: int, device: torch.device
                  ) -> tuple[nn.Module, bool]:
-    """The member's model on ``device`` (global RNGs seeded first) and whether it is channels_last."""
+    """The member's model on ``device`` (global RNGs seeded with ``seed`` first) and whether it is channels_last."""
     t = member.train
-    seed_everything(cfg.seed)
+    seed_everything(seed)
     model = create_model(member.model, num_classes=num_classes, pretrained=t.pretrained)
     channels_last = use_channels_last(t, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -205,12 +238,12 @@ def _build_model(cfg: ZooConfig, member: MemberConfig, num_classes: int, device:
     return model, channels_last
 
 
-def _train_loader(cfg: ZooConfig, member: MemberConfig, train: SplitArrays, info: ModelInfo, device: torch.device,
+def _train_loader(member: MemberConfig, seed: int, train: SplitArrays, info: ModelInfo, device: torch.device,
                   channels_last: bool) -> BatchLoader:
     """The shuffled, augmented loader of this rank's shard of the train split."""
     t, dist = member.train, distributed.info()
     drop_last = len(train.labels) >= t.batch_size * dist.world_size  # BatchNorm fails on a last batch of one
-    return BatchLoader(train.images, train.labels, t.batch_size, shuffle=True, seed=cfg.seed,
+    return BatchLoader(train.images, train.labels, t.batch_size, shuffle=True, seed=seed,
                        augment=t.augment.as_loader_dict(), drop_last=drop_last, device=device, mean=info.mean,
                        std=info.std, rank=dist.rank, world_size=dist.world_size, channels_last=channels_last)
 
@@ -235,7 +268,7 @@ def _resume(tr: _Trainer) -> None:
         _repair_best(ckpt, tr.files.best, tr.static)
         write_history(tr.run.history, tr.files.history)
     run = tr.run
-    tr.say(f"{tr.member.id}: resuming after epoch {run.epoch} (best val AUC {run.best_auc:.4f} at epoch "
+    tr.say(f"{tr.unit.name}: resuming after epoch {run.epoch} (best val AUC {run.best_auc:.4f} at epoch "
            f"{run.best_epoch})")
 
 
@@ -251,10 +284,14 @@ def _repair_best(ckpt: dict, best: Path, static: dict) -> None:
 def _say_plan(tr: _Trainer) -> None:
     """One line: the model, its size and device, the split sizes, the effective batch and AMP."""
     m, t = tr.member, tr.member.train
-    tr.say(f"{m.id}: {m.model} at {m.size}px on {tr.device}, {len(tr.data['train'].labels)} train / "
-           f"{len(tr.data['val'].labels)} val images, effective batch {tr.effective} = {t.batch_size} x "
+    u = tr.unit
+    held = f"fold {u.fold} of {tr.cfg.cv.folds} held out" if u.fold else "val"
+    tr.say(f"{u.name}: {m.model} at {m.size}px on {tr.device}, seed {u.seed}, {len(tr.data['train'].labels)} train / "
+           f"{len(tr.data['val'].labels)} {held} images, effective batch {tr.effective} = {t.batch_size} x "
            f"{tr.dist.world_size} process(es) x {tr.accumulate} accumulated"
-           + (f", AMP {tr.amp_dtype}" if tr.amp_dtype else ""))
+           + (f", AMP {tr.amp_dtype}" if tr.amp_dtype else "")
+           + (f", {t.snapshots} snapshots of {tr.cycle} epochs" if t.snapshots > 1 else "")
+           + (", last epoch kept (no early stop)" if tr.select_last else ""))
 
 
 def _train_epochs(tr: _Trainer, progress: bool, on_batch: Callable | None, on_epoch: Callable | None) -> None:
@@ -289,7 +326,7 @@ def _epoch(tr: _Trainer, model: nn.Module, progress: bool, on_batch: Callable | 
         stats = train_one_epoch(model, tr.loader, tr.optimizer, tr.loss_fn, scheduler=tr.scheduler, scaler=tr.scaler,
                                 amp_dtype=tr.amp_dtype, accumulate=tr.accumulate, max_batches=t.max_train_batches,
                                 on_batch=on_batch, progress=progress and tr.dist.is_main,
-                                desc=f"{tr.member.id} {epoch + 1}/{t.epochs}")
+                                desc=f"{tr.unit.name} {epoch + 1}/{t.epochs}")
         distributed.broadcast_buffers(tr.model)
         probs = predict_probs(tr.model, val.images, mean=tr.info.mean, std=tr.info.std, device=tr.device,
                               batch_size=t.batch_size, amp_dtype=tr.amp_dtype, channels_last=tr.channels_last)
@@ -298,16 +335,19 @@ def _epoch(tr: _Trainer, model: nn.Module, progress: bool, on_batch: Callable | 
     val_loss = float(-np.log(np.clip(probs[np.arange(len(val.labels)), val.labels], 1e-12, None)).mean())
     if isinstance(tr.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         tr.scheduler.step(auc if not math.isnan(auc) else -math.inf)
-    improved = run.record(auc, t.patience)
+    improved = run.record(auc, 0 if tr.select_last else t.patience, last=tr.select_last)
     run.history.append({"epoch": run.epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": auc,
                         "lr": lr, "seconds": time.perf_counter() - start, "effective_batch": tr.effective})
     return improved, stats
 
 
 def _save_epoch(tr: _Trainer, improved: bool) -> None:
-    """Write the resume checkpoint, the best one when ``improved``, the history and the curves."""
+    """Write the snapshot at a cycle's end, the resume checkpoint, the best one when ``improved``, the history
+    and the curves. The snapshot goes first: a crash before the resume checkpoint repeats the epoch."""
     m = tr.member
     state = {**tr.static, **tr.run.state(), "model": tr.model.state_dict()}
+    if m.train.snapshots > 1 and tr.run.epoch % tr.cycle == 0:
+        save_checkpoint(state, tr.files.snapshot(tr.run.epoch // tr.cycle))
     save_checkpoint({**state, "optimizer": tr.optimizer.state_dict(),
                      "scheduler": tr.scheduler.state_dict() if tr.scheduler is not None else None,
                      "scaler": tr.scaler.state_dict() if tr.scaler is not None else None, "rng": rng_state()},
@@ -315,47 +355,57 @@ def _save_epoch(tr: _Trainer, improved: bool) -> None:
     if improved:
         save_checkpoint(state, tr.files.best)
     write_history(tr.run.history, tr.files.history)
-    plot_curves(tr.run.history, tr.files.curves, f"{m.id} ({m.model}, {m.size}px)")
+    plot_curves(tr.run.history, tr.files.curves, f"{tr.unit.name} ({m.model}, {m.size}px)")
 
 
 def _say_epoch(tr: _Trainer, improved: bool, stats: dict) -> None:
     """One line per epoch: losses, validation AUC (``*`` when best), throughput over all ranks, seconds."""
     t, row = tr.member.train, tr.run.history[-1]
-    tr.say(f"{tr.member.id} epoch {tr.run.epoch}/{t.epochs}: train loss {row['train_loss']:.4f}, val loss "
+    tr.say(f"{tr.unit.name} epoch {tr.run.epoch}/{t.epochs}: train loss {row['train_loss']:.4f}, val loss "
            f"{row['val_loss']:.4f}, val AUC {row['val_auc']:.4f}{' *' if improved else ''}, "
            f"{stats['images_per_s'] * tr.dist.world_size:.0f} img/s, {row['seconds']:.1f} s"
            + (f" - early stop ({t.patience} epochs without improvement)" if tr.run.stopped else ""))
 
 
 def _finish(tr: _Trainer, run: RunDir) -> dict:
-    """Predict val/test with the best checkpoint and write the tables and the done record."""
-    m = tr.member
-    model, ckpt = model_from_checkpoint(tr.files.best, tr.device)
-    aucs = _write_tables(tr, run, model, ckpt)
+    """Predict val/test with the kept weights (one checkpoint per entry) and write the tables and the done record."""
+    m, u = tr.member, tr.unit
+    kept = ([tr.files.snapshot(j) for j in range(1, m.train.snapshots + 1)] if m.train.snapshots > 1
+            else [tr.files.best])
+    aucs = {}
+    for entry, path in zip(u.entries, kept):
+        model, ckpt = model_from_checkpoint(path, tr.device)
+        aucs[entry] = _write_tables(tr, run, entry, model, ckpt, path)
+    last = aucs[u.entries[-1]]
     minutes = sum(h["seconds"] for h in tr.run.history) / 60
-    done = {"member": m.id, "model": m.model, "size": m.size, "val_auc": aucs["val"],
-            "test_auc": aucs.get("test"), "best_epoch": tr.run.best_epoch, "epochs": tr.run.epoch,
-            "minutes": round(minutes, 3), "effective_batch": ckpt["effective_batch"], "tta": m.train.tta,
-            "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    done = {"member": m.id, "unit": u.name, "model": m.model, "size": m.size, "seed": u.seed, "fold": u.fold,
+            "entries": {e: a for e, a in aucs.items()}, "val_auc": last["val"], "test_auc": last.get("test"),
+            "best_epoch": tr.run.best_epoch, "epochs": tr.run.epoch, "minutes": round(minutes, 3),
+            "effective_batch": tr.effective, "tta": m.train.tta, "host": socket.gethostname(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if tr.dist.is_main:
         write_json(tr.files.done, done)
-    test = f", test AUC {aucs['test']:.4f}" if aucs.get("test") is not None else ""
-    tr.say(f"{m.id}: done - val AUC {aucs['val']:.4f}{test} (best epoch {tr.run.best_epoch}), {minutes:.1f} min")
+    test = f", test AUC {last['test']:.4f}" if last.get("test") is not None else ""
+    scored = f"fold {u.fold} AUC" if u.fold else "val AUC"
+    tr.say(f"{u.name}: done - {scored} {last['val']:.4f}{test} (epoch {tr.run.best_epoch}), {minutes:.1f} min"
+           + (f", {len(kept)} snapshots" if len(kept) > 1 else ""))
     distributed.barrier()
     return {**done, "status": "trained"}
 
 
-def _write_tables(tr: _Trainer, run: RunDir, model: nn.Module, ckpt: dict) -> dict[str, float | None]:
-    """The val and test probability tables of the best checkpoint (``model`` rebuilt from ``ckpt``).
+def _write_tables(tr: _Trainer, run: RunDir, entry: str, model: nn.Module, ckpt: dict,
+                  path: Path) -> dict[str, float | None]:
+    """The val and test probability tables of one kept checkpoint (``model`` rebuilt from ``ckpt`` at ``path``).
 
-    Returns ``{split: ROC-AUC}``, None for a split with unknown labels. Tables are predicted in
-    full precision (no autocast): bf16/fp16 logits would tie confident images and blur every
-    AUC computed from the tables.
+    Written as member tables ``entry``, or for a fold unit into its own folder (val: its held-out
+    fold). Returns ``{split: ROC-AUC}``, None for a split with unknown labels. Tables are
+    predicted in full precision (no autocast): bf16/fp16 logits would tie confident images and
+    blur every AUC computed from the tables.
     """
-    m = tr.member
+    m, u = tr.member, tr.unit
     if tr.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    sha = file_digest(tr.files.best)
+    sha = file_digest(path)
     flips = tta_flips(m.train.tta, m.train.augment.vflip)
     aucs = {}
     for split, arrays in tr.data.items():
@@ -366,10 +416,12 @@ def _write_tables(tr: _Trainer, run: RunDir, model: nn.Module, ckpt: dict) -> di
         known = arrays.labels >= 0
         aucs[split] = validation_auc(arrays.labels[known], probs[known]) if known.all() else None
         if tr.dist.is_main:
-            meta = {"member": m.id, "model": m.model, "split": split, "dataset": ckpt["dataset"], "checkpoint": sha,
-                    "size": m.size, "tta": m.train.tta, "config": asdict(m)}
-            ProbabilityTable(list(arrays.ids), ckpt["classes"], probs, arrays.labels, meta).write(
-                run.table("member", m.id, split))
+            meta = {"member": entry, "model": m.model, "split": split, "dataset": ckpt["dataset"], "checkpoint": sha,
+                    "size": m.size, "tta": m.train.tta, "config": asdict(m), "units": [u.name], "seed": u.seed}
+            if u.fold is not None:
+                meta["fold"] = u.fold
+            dest = tr.files.table(entry, split) if u.fold is not None else run.table("member", entry, split)
+            ProbabilityTable(list(arrays.ids), ckpt["classes"], probs, arrays.labels, meta).write(dest)
     return aucs
 
 

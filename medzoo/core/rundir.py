@@ -5,9 +5,13 @@
     config.json                     the resolved zoo config (written when training starts)
     environment.json  stages.json   what ran a bench, and each call's stage seconds
     splits/<dataset>.csv            image_id,split when the splits were made, not given
-    members/<id>/                   best.pt last.pt history.csv curves.png claim.json done.json failed.json
-    predictions/<member>/<split>.csv   ensembles/<method>/<split>.csv   (probability tables)
-    leaderboard.csv  leaderboard.md  plots/*.png  submissions/*.csv
+    splits/<dataset>.folds.csv      image_id,fold of train+val under [cv]
+    members/<unit>/                 best.pt last.pt snap<j>.pt history.csv curves.png claim.json done.json failed.json
+    members/<unit>/tables/<entry>/<split>.csv   a fold unit's own tables (held-out fold as val, test)
+    predictions/<member>/<split>.csv   ensembles/<method>/<split>.csv   (probability tables; under [cv]
+                                    val is out-of-fold, test the fold models' mean, test.fold<k> each one's)
+    leaderboard.csv  leaderboard.md  leaderboard_repeats.csv (a repeated run's rows per repeat)
+    plots/*.png  submissions/*.csv
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from pathlib import Path
 from medzoo.core.fileio import write_json
 
 TABLE_FOLDERS = {"member": "predictions", "ensemble": "ensembles"}
+TAG = "@"  # names' repeat and fold tags: members/resnet18@s1@f2, predictions/resnet18@s1, ensembles/mean@s1
 
 
 class MemberDir:
@@ -31,6 +36,14 @@ class MemberDir:
         self.claim = folder / "claim.json"
         self.done = folder / "done.json"
         self.failed = folder / "failed.json"
+
+    def snapshot(self, j: int) -> Path:
+        """The weights at the end of cosine cycle ``j`` (1-based) of a snapshot member."""
+        return self.folder / f"snap{j}.pt"
+
+    def table(self, entry: str, split: str) -> Path:
+        """A fold unit's own table of ``entry`` (val: its held-out fold)."""
+        return self.folder / "tables" / entry / f"{split}.csv"
 
     @property
     def id(self) -> str:
@@ -47,6 +60,7 @@ class RunDir:
         self.stages_json = self.path / "stages.json"
         self.leaderboard_csv = self.path / "leaderboard.csv"
         self.leaderboard_md = self.path / "leaderboard.md"
+        self.leaderboard_repeats_csv = self.path / "leaderboard_repeats.csv"
         self.plots = self.path / "plots"
         self.submissions = self.path / "submissions"
         self.members = self.path / "members"
@@ -81,6 +95,10 @@ class RunDir:
     def splits_csv(self, dataset: str) -> Path:
         """Where the split of every image is saved when the splits were made: ``splits/<dataset>.csv``."""
         return self.path / "splits" / f"{dataset}.csv"
+
+    def folds_csv(self, dataset: str) -> Path:
+        """The fold of every train+val image under ``[cv]``: ``splits/<dataset>.folds.csv``."""
+        return self.path / "splits" / f"{dataset}.folds.csv"
 
     def member(self, member_id: str) -> MemberDir:
         return MemberDir(self.members / member_id)
