@@ -47,6 +47,7 @@ from medzoo.benchmarks.plots import draw_board, rank_agreement
 from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
 from medzoo.core.rundir import TABLE_FOLDERS, TAG, RunDir
+from medzoo.ensemble.auc import near_chance
 from medzoo.ensemble.table import ProbabilityTable, align
 from medzoo.zoo.crossval import read_folds
 from medzoo.zoo.datasets import load_card
@@ -139,6 +140,7 @@ def _entry_row(e: Entry, primary: Task | None, views: list[Task], rule, bootstra
             row[f"{split}_{v.name}_auc"] = a
         if len(views) > 1:
             row[f"{split}_views_mean_auc"] = float(np.mean(aucs))
+    row["near_chance"] = bool(e.kind == "member" and val_ok and near_chance(e.val.probs, e.val.labels))
     row["val_scored"] = ("in-sample" if e.val.meta.get("in_sample") else
                          "out-of-fold" if "val_auc_out_of_fold" in e.val.meta else "")
     row["members"] = ", ".join(e.members)
@@ -325,8 +327,8 @@ def _aggregate(per: dict, notes: list[str]) -> tuple[pd.DataFrame, dict, str | N
             long.append({**row, "entry": base_name(e.name), "replicate": f"seed {tag[1:]}", "_entry": e})
     frame_long = pd.DataFrame(long)
     keys = list(dict.fromkeys(zip(frame_long["kind"], frame_long["entry"])))
-    numeric = [c for c in frame_long.columns if c not in ("entry", "kind", "replicate", "_entry", "val_scored",
-                                                          "members") and pd.api.types.is_numeric_dtype(frame_long[c])]
+    skip = ("entry", "kind", "replicate", "_entry", "val_scored", "near_chance", "members")
+    numeric = [c for c in frame_long.columns if c not in skip and pd.api.types.is_numeric_dtype(frame_long[c])]
     rows = []
     for kind, entry in keys:
         part = frame_long[(frame_long["kind"] == kind) & (frame_long["entry"] == entry)]
@@ -336,6 +338,7 @@ def _aggregate(per: dict, notes: list[str]) -> tuple[pd.DataFrame, dict, str | N
         row["val_auc_sd"] = metrics.mean_sd(values["val_auc"].to_numpy())[1]
         row["test_auc_sd"] = metrics.mean_sd(values["test_auc"].to_numpy())[1]
         row["repeats"] = len(values)
+        row["near_chance"] = bool(values["near_chance"].any())
         row["val_scored"] = part["val_scored"].iloc[0]
         row["members"] = ", ".join(dict.fromkeys(base_name(m.strip()) for m in ", ".join(part["members"]).split(",")
                                                  if m.strip()))
@@ -435,8 +438,9 @@ def _fmt_p(p) -> str:
 def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns people read, formatted as strings (CI as ``[lo, hi]``); used by the markdown and the terminal."""
     out = pd.DataFrame({"rank": frame["rank"].astype(str), "entry": frame["entry"], "kind": frame["kind"]})
-    out["val AUC"] = [_fmt(a) + _fmt_sd(sd) + ("*" if how == "in-sample" else "")
-                      for a, sd, how in zip(frame["val_auc"], _column(frame, "val_auc_sd"), frame["val_scored"])]
+    out["val AUC"] = [_fmt(a) + _fmt_sd(sd) + ("*" if how == "in-sample" else "") + (" (near chance)" if dead else "")
+                      for a, sd, how, dead in zip(frame["val_auc"], _column(frame, "val_auc_sd"), frame["val_scored"],
+                                                  _column(frame, "near_chance").fillna(False).astype(bool))]
     show_test = frame["test_auc"].notna().any()
     if show_test:
         spread = _column(frame, "test_auc_sd") if "test_auc_sd" in frame else _column(frame, "test_auc_fold_sd")
@@ -507,6 +511,9 @@ def to_markdown(frame: pd.DataFrame) -> str:
                      f"({info.get('threshold')}), applied to test")
     if labelled:
         lines.append("- Accuracy, balanced accuracy: argmax of the class probabilities")
+    if "near_chance" in frame and frame["near_chance"].fillna(False).astype(bool).any():
+        lines.append("- (near chance): a member whose validation AUC's 95% interval holds 0.5 did not learn; "
+                     "ensembles leave it out unless [ensemble] members names it")
     if (frame["val_scored"] == "in-sample").any():
         lines.append("- val AUC*: in-sample (the method's weights were fitted on these validation images): shown, "
                      "not ranked; such entries come after every honestly scored one")

@@ -27,8 +27,8 @@ from medzoo.benchmarks.challenges.base import Submission, SubmissionError, expec
 from medzoo.core.fileio import atomic_path
 from medzoo.core.names import unknown_name
 from medzoo.core.registry import Entry
-from medzoo.core.rundir import TABLE_FOLDERS, RunDir
-from medzoo.ensemble.table import ProbabilityTable
+from medzoo.core.rundir import TABLE_FOLDERS, TAG, RunDir
+from medzoo.ensemble.table import ProbabilityTable, align
 from medzoo.zoo.cards import DatasetCard
 from medzoo.zoo.datasets import load_card, open_dataset
 
@@ -272,7 +272,8 @@ def _val_auc(row: dict) -> float:
 
 
 def top_entry(run_dir: str | Path) -> tuple[str, str]:
-    """``(entry, kind)`` of the leaderboard's best validation entry (highest ``val_auc``)."""
+    """``(entry, kind)`` of the leaderboard's pick: its rank 1 (ranked on honest validation scores only),
+    else, for a board without ranks, the highest ``val_auc``."""
     rd = RunDir(run_dir)
     rows = _leaderboard_rows(rd)
     if rows is None:
@@ -280,12 +281,15 @@ def top_entry(run_dir: str | Path) -> tuple[str, str]:
                                 f"or pass --entry")
     if not rows or not {"entry", "kind", "val_auc"} <= set(rows[0]):
         raise SubmissionError(f"{rd.leaderboard_csv}: expected rows with columns entry, kind, val_auc")
-    best = max(rows, key=_val_auc)
+    ranked = [r for r in rows if str(r.get("rank", "")).isdigit()]
+    best = min(ranked, key=lambda r: int(r["rank"])) if ranked else max(rows, key=_val_auc)
     return best["entry"], best["kind"]
 
 
-def entry_table(run_dir: str | Path, entry: str, kind: str | None = None, split: str = "test") -> tuple[Path, str]:
-    """``(path, kind)`` of an entry's table: a member's (``kind="member"``) or an ensemble's.
+def entry_tables(run_dir: str | Path, entry: str, kind: str | None = None, split: str = "test"
+                 ) -> tuple[list[Path], str]:
+    """``(paths, kind)`` of an entry's table: a member's (``kind="member"``) or an ensemble's; in a repeated run
+    an entry without its repeat tag (``mean``) stands for every repeat's table (``mean@s0``, ``mean@s1``, ...).
 
     With ``kind=None`` the leaderboard names the kind, else whichever of the two exists.
     """
@@ -297,7 +301,11 @@ def entry_table(run_dir: str | Path, entry: str, kind: str | None = None, split:
     for k in ([kind] if kind else TABLE_FOLDERS):
         path = rd.table(k, entry, split)
         if path.exists():
-            return path, k
+            return [path], k
+        repeats = [rd.table(k, name, split) for name in rd.table_names(k, split) if name.split(TAG, 1)[0] == entry
+                   and TAG in name]
+        if repeats:
+            return repeats, k
     known = sorted(name for k in TABLE_FOLDERS for name in rd.table_names(k, split))
     raise FileNotFoundError(f"no {split} table under {rd.tables('member')} or {rd.tables('ensemble')}: "
                             + unknown_name("entry", entry, known))
@@ -360,14 +368,24 @@ def submit_run(run_dir: str | Path, format: str | None = None, *, entry: str | N
     kind = None
     if entry is None:
         entry, kind = top_entry(rd.path)
-    source, kind = entry_table(rd.path, entry, kind)
-    table = ProbabilityTable.read(source)
+    sources, kind = entry_tables(rd.path, entry, kind)
+    table = _mean_table([ProbabilityTable.read(p) for p in sources])
     checked = "the expected ids given"
     if expected_ids is None:
         expected_ids, checked = _dataset_test_ids(rd, config)
     path = Path(out) if out else rd.submissions / _file_name(rd, config, card, table, fmt, entry)
     write_submission(table, fmt, path, expected_ids, **options)
-    return SubmitResult(path, fmt, entry, kind, source, len(table.ids), note + checked)
+    if len(sources) > 1:
+        note += f"the mean of its {len(sources)} repeats' test tables; "
+    return SubmitResult(path, fmt, entry, kind, sources[0], len(table.ids), note + checked)
+
+
+def _mean_table(tables: list[ProbabilityTable]) -> ProbabilityTable:
+    """One table, or the mean of several over the same images (an entry's repeats)."""
+    if len(tables) == 1:
+        return tables[0]
+    ids, classes, probs, labels = align(tables)
+    return ProbabilityTable(ids, classes, probs.mean(axis=0), labels, {**tables[0].meta, "repeats": len(tables)})
 
 
 def _section_options(rd: RunDir, config: dict) -> dict:

@@ -71,9 +71,9 @@ def test_counts_plan_and_cache_on_a_clean_dataset(tmp_path):
     # 13 train images in batches of 4 (the last partial batch dropped): 3 per epoch, capped at 2 for res
     assert report.plan == [
         {"id": "squeezenet1_1", "model": "squeezenet1_1", "size": 32, "epochs": 3, "batch_size": 4, "batches": 3,
-         "state": "pending", "epochs_left": 3},
+         "units": 1, "val_images": 10, "state": "pending", "epochs_left": 3, "finals": 1},
         {"id": "res", "model": "resnet18", "size": 40, "epochs": 2, "batch_size": 4, "batches": 2,
-         "state": "pending", "epochs_left": 2}]
+         "units": 1, "val_images": 10, "state": "pending", "epochs_left": 2, "finals": 1}]
     assert report.estimate is None
     assert "decoded 28 images at 40, 32 px: all readable (now cached)" in lines
     assert lines[-1] == "check passed: 0 error(s), 1 warning(s)"
@@ -160,6 +160,21 @@ def test_estimate_covers_every_unfinished_member(tmp_path):
     assert [line.split()[:7] for line in lines if line.startswith("  s")] == [
         ["s1", "squeezenet1_1", "32", "3", "4", "3", "done"], ["s2", "squeezenet1_1", "32", "1", "4", "3", "pending"]]
     assert [line.split()[-1] for line in lines if line.startswith("  s")][0] == "-"
+
+
+def test_plan_counts_every_repeat_and_fold(tmp_path):
+    tree(tmp_path / "xray", COUNTS)
+    config = {**zoo(tmp_path), "seeds": [0, 1], "cv": {"folds": 3}}
+    config["members"] = config["members"][:1]
+    done = tmp_path / "results" / "r" / "members" / "squeezenet1_1@s0@f2"
+    done.mkdir(parents=True)
+    (done / "done.json").write_text('{"epochs": 3, "val_auc": 0.9, "minutes": 1.0}')
+    report, lines = run_check(tmp_path, config)
+    # 23 train+val images in 3 folds: 15 to fit (3 batches of 4), 7 held out; 5 of 6 runs left, 3 epochs each
+    assert report.plan == [{"id": "squeezenet1_1", "model": "squeezenet1_1", "size": 32, "epochs": 3, "batch_size": 4,
+                            "batches": 3, "units": 6, "val_images": 7, "state": "1/6 done", "epochs_left": 15,
+                            "finals": 5}]
+    assert "2 repeats, 3-fold cross-validation over train+val" in next(line for line in lines if "plan:" in line)
 
 
 def test_check_command_exit_codes(tmp_path, capsys):

@@ -259,13 +259,31 @@ def make_run(tmp_path, config=None):
     isic2017_table().write(run / "predictions" / "resnet18" / "test.csv")
     isic2017_table((2, 1, 0)).write(run / "ensembles" / "mean" / "test.csv")
     (run / "leaderboard.csv").write_text("rank,entry,kind,val_auc,test_auc\n"
-                                         "1,resnet18,member,0.80,0.7\n2,mean,ensemble,0.91,0.8\n")
+                                         "1,mean,ensemble,0.91,0.8\n2,resnet18,member,0.80,0.7\n")
     (run / "config.json").write_text(json.dumps(config or {}))
     return run
 
 
-def test_top_entry_is_the_highest_val_auc(tmp_path):
-    assert top_entry(make_run(tmp_path)) == ("mean", "ensemble")
+def test_top_entry_is_the_boards_rank_one_not_the_highest_val_auc(tmp_path):
+    run = make_run(tmp_path)
+    assert top_entry(run) == ("mean", "ensemble")
+    (run / "leaderboard.csv").write_text("rank,entry,kind,val_auc,val_scored\n1,resnet18,member,0.80,\n"
+                                         "2,mean,ensemble,0.99,in-sample\n")
+    assert top_entry(run) == ("resnet18", "member")  # an in-sample score is ranked below the honest ones
+
+
+def test_a_repeated_entry_submits_the_mean_of_its_repeats(tmp_path):
+    run = make_run(tmp_path)
+    first = isic2017_table()
+    first.write(run / "ensembles" / "vote@s0" / "test.csv")
+    ProbabilityTable(first.ids, first.classes, first.probs[:, ::-1]).write(run / "ensembles" / "vote@s1" / "test.csv")
+    result = submit_run(run, "generic", entry="vote")
+    a, b = (ProbabilityTable.read(run / "ensembles" / f"vote@s{s}" / "test.csv") for s in (0, 1))
+    rows = result.path.read_text().splitlines()
+    assert "mean of its 2 repeats" in result.checked and len(rows) == 5
+    row = [float(v) for v in rows[1].split(",")[1:]]
+    np.testing.assert_allclose(row, (a.probs[0] + b.probs[0]) / 2, atol=1e-6)
+    assert not np.allclose(a.probs[0], b.probs[0])
 
 
 def test_submit_run_defaults_to_the_top_entry_and_config_format(tmp_path):

@@ -96,7 +96,7 @@ def test_training_writes_checkpoints_history_tables_and_done(tmp_path):
     assert ckpt["epoch"] == ckpt["best_epoch"] == done["best_epoch"]
     assert float(history[ckpt["best_epoch"] - 1]["val_auc"]) == pytest.approx(ckpt["best_auc"])
     assert status(run) == [{"member": "squeezenet1_1", "model": "squeezenet1_1", "state": "done",
-                            "val_auc": done["val_auc"], "minutes": done["minutes"], "epoch": 2}]
+                            "val_auc": done["val_auc"], "minutes": done["minutes"], "epoch": 2, "near_chance": False}]
 
     again = train_zoo(cfg, results_dir=tmp_path / "results", progress=False)
     assert again[0]["status"] == "done"

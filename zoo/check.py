@@ -280,19 +280,27 @@ def format_counts(ds: Dataset) -> str:
 
 
 def plan_members(cfg: ZooConfig, ds: Dataset, run_dir: Path) -> list[dict]:
-    """One dict per member: what it trains (batches per epoch as training counts them) and its state."""
+    """One dict per member over its units (seeds, folds): what each trains (batches per epoch as training counts
+    them, images validated per epoch), how many units there are, their state, and the epochs and final
+    predictions (one per unit and kept checkpoint) still to run."""
     states = {r["member"]: r for r in status(run_dir)} if run_dir.is_dir() else {}
-    n_train = len(ds.records("train")) if "train" in ds.splits else 0
+    n_train, n_val = (len(ds.records(s)) if s in ds.splits else 0 for s in ("train", "val"))
+    k = cfg.cv.folds
+    n_fit, n_held = ((n_train + n_val) * (k - 1) // k, (n_train + n_val) // k) if k else (n_train, n_val)
     rows = []
     for m in cfg.members:
         t = m.train
-        full = n_train // t.batch_size if n_train >= t.batch_size else math.ceil(n_train / t.batch_size)
-        row = states.get(m.id, {})
-        state = row.get("state", "pending")
-        left = 0 if state == "done" else max(0, t.epochs - int(row.get("epoch") or 0))
+        full = n_fit // t.batch_size if n_fit >= t.batch_size else math.ceil(n_fit / t.batch_size)
+        units = [states.get(u.name, {}) for u in cfg.units([m.id])]
+        done = sum(r.get("state") == "done" for r in units)
+        started = sum(r.get("state", "pending") != "pending" for r in units)
+        state = ("done" if done == len(units) else "pending" if not started
+                 else units[0].get("state", "pending") if len(units) == 1 else f"{done}/{len(units)} done")
+        left = sum(max(0, t.epochs - int(r.get("epoch") or 0)) for r in units if r.get("state") != "done")
         rows.append({"id": m.id, "model": m.model, "size": m.size, "epochs": t.epochs, "batch_size": t.batch_size,
                      "batches": min(full, t.max_train_batches) if t.max_train_batches else full,
-                     "state": state, "epochs_left": left})
+                     "units": len(units), "val_images": n_held, "state": state, "epochs_left": left,
+                     "finals": (len(units) - done) * len(m.entries)})
     return rows
 
 
@@ -301,11 +309,12 @@ def estimate_time(cfg: ZooConfig, ds: Dataset, plan: list[dict]) -> dict:
 
     Per member: the mean of :data:`TIMED_STEPS` training steps (forward, backward, optimizer step,
     after one warm-up step) on a random batch of its batch size at its size, times its batches
-    per epoch and epochs left, plus the validation predictions of every epoch and the final
-    val/test predictions (forward passes, timed within the same steps).
+    per epoch and epochs left over all its units, plus the validation predictions of every epoch
+    and the final val/test predictions of every unit and kept checkpoint (forward passes, timed
+    within the same steps).
     """
     device = resolve_device(cfg.device)
-    n_val, n_test = (len(ds.records(s)) if s in ds.splits else 0 for s in ("val", "test"))
+    n_test = len(ds.records("test")) if "test" in ds.splits else 0
     seconds = {}
     for row in plan:
         if row["epochs_left"] == 0:
@@ -313,10 +322,11 @@ def estimate_time(cfg: ZooConfig, ds: Dataset, plan: list[dict]) -> dict:
         member = cfg.member(row["id"])
         t = member.train
         step, forward = _time_steps(member, len(ds.classes), device, cfg.seed)
+        n_val = row["val_images"]
         per_epoch = row["batches"] * step + math.ceil(n_val / t.batch_size) * forward
         final = len(tta_flips(t.tta, t.augment.vflip)) * (math.ceil(n_val / t.batch_size)
                                                            + math.ceil(n_test / t.batch_size)) * forward
-        seconds[member.id] = row["epochs_left"] * per_epoch + final
+        seconds[member.id] = row["epochs_left"] * per_epoch + row["finals"] * final
     return {"device": str(device), "seconds": seconds, "total": sum(seconds.values())}
 
 
@@ -355,11 +365,15 @@ def _time_steps(member: MemberConfig, num_classes: int, device: torch.device, se
 
 def _plan_lines(cfg: ZooConfig, report: CheckReport, run_dir: Path) -> list[str]:
     est = report.estimate
-    head = ["member", "model", "size", "epochs", "batch", "batches/epoch", "state"] + (["minutes"] if est else [])
+    head = ["member", "model", "size", "epochs", "batch", "batches/epoch", "state", "runs"] + (["minutes"] if est else [])
     rows = [[r["id"], r["model"], str(r["size"]), str(r["epochs"]), str(r["batch_size"]), str(r["batches"]),
-             r["state"]] + ([_minutes(est["seconds"].get(r["id"]))] if est else []) for r in report.plan]
+             r["state"], str(r["units"])] + ([_minutes(est["seconds"].get(r["id"]))] if est else [])
+            for r in report.plan]
     width = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = [f"plan: {len(report.plan)} member(s) of run {cfg.run!r} into {run_dir}"]
+    repeats = f", {len(cfg.repeats)} repeats" if cfg.repeats else ""
+    folds = f", {cfg.cv.folds}-fold cross-validation over train+val" if cfg.cv.folds else ""
+    lines = [f"plan: {len(report.plan)} member(s) of run {cfg.run!r} into {run_dir}{repeats}{folds} "
+             f"(runs: training runs per member)"]
     lines += [("  " + "  ".join(c.ljust(w) if i in (0, 1, 6) else c.rjust(w)
                                 for i, (c, w) in enumerate(zip(r, width)))).rstrip() for r in [head, *rows]]
     if est:

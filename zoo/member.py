@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from medzoo.core.fileio import file_digest, write_json
 from medzoo.core.rundir import MemberDir, RunDir
+from medzoo.ensemble.auc import near_chance
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo import distributed
 from medzoo.zoo.checkpoint import (load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
@@ -377,9 +378,13 @@ def _finish(tr: _Trainer, run: RunDir) -> dict:
         model, ckpt = model_from_checkpoint(path, tr.device)
         aucs[entry] = _write_tables(tr, run, entry, model, ckpt, path)
     last = aucs[u.entries[-1]]
+    dead = last.pop("near_chance")
+    for a in aucs.values():
+        a.pop("near_chance", None)
     minutes = sum(h["seconds"] for h in tr.run.history) / 60
     done = {"member": m.id, "unit": u.name, "model": m.model, "size": m.size, "seed": u.seed, "fold": u.fold,
             "entries": {e: a for e, a in aucs.items()}, "val_auc": last["val"], "test_auc": last.get("test"),
+            "near_chance": dead,
             "best_epoch": tr.run.best_epoch, "epochs": tr.run.epoch, "minutes": round(minutes, 3),
             "effective_batch": tr.effective, "tta": m.train.tta, "host": socket.gethostname(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -388,7 +393,8 @@ def _finish(tr: _Trainer, run: RunDir) -> dict:
     test = f", test AUC {last['test']:.4f}" if last.get("test") is not None else ""
     scored = f"fold {u.fold} AUC" if u.fold else "val AUC"
     tr.say(f"{u.name}: done - {scored} {last['val']:.4f}{test} (epoch {tr.run.best_epoch}), {minutes:.1f} min"
-           + (f", {len(kept)} snapshots" if len(kept) > 1 else ""))
+           + (f", {len(kept)} snapshots" if len(kept) > 1 else "")
+           + (" - WARNING: validation AUC within noise of chance, the member did not learn" if dead else ""))
     distributed.barrier()
     return {**done, "status": "trained"}
 
@@ -398,7 +404,8 @@ def _write_tables(tr: _Trainer, run: RunDir, entry: str, model: nn.Module, ckpt:
     """The val and test probability tables of one kept checkpoint (``model`` rebuilt from ``ckpt`` at ``path``).
 
     Written as member tables ``entry``, or for a fold unit into its own folder (val: its held-out
-    fold). Returns ``{split: ROC-AUC}``, None for a split with unknown labels. Tables are
+    fold). Returns ``{split: ROC-AUC}`` (None for a split with unknown labels) and ``near_chance``
+    (:func:`~medzoo.ensemble.auc.near_chance` of the val table). Tables are
     predicted in full precision (no autocast): bf16/fp16 logits would tie confident images and
     blur every AUC computed from the tables.
     """
@@ -415,6 +422,8 @@ def _write_tables(tr: _Trainer, run: RunDir, entry: str, model: nn.Module, ckpt:
                               batch_size=m.train.batch_size, flips=flips, channels_last=tr.channels_last)
         known = arrays.labels >= 0
         aucs[split] = validation_auc(arrays.labels[known], probs[known]) if known.all() else None
+        if split == "val":
+            aucs["near_chance"] = bool(near_chance(probs, arrays.labels))
         if tr.dist.is_main:
             meta = {"member": entry, "model": m.model, "split": split, "dataset": ckpt["dataset"], "checkpoint": sha,
                     "size": m.size, "tta": m.train.tta, "config": asdict(m), "units": [u.name], "seed": u.seed}

@@ -209,7 +209,8 @@ def _read_json(path: Path) -> dict:
 def status(run_dir: str | Path) -> list[dict]:
     """Each member's state in a run folder, from its recorded config and the member folders.
 
-    ``state`` is "done" (with ``val_auc``, ``minutes``), "running" (``host``, ``pid``, ``since``,
+    ``state`` is "done" (with ``val_auc``, ``minutes``, ``near_chance``: the validation AUC is within
+    noise of chance, the member did not learn), "running" (``host``, ``pid``, ``since``,
     ``epoch``), "failed" (``error``), "stale" (a claim whose owner stopped; the next job takes
     it over) or "pending" (``epoch``: epochs already in the resume checkpoint's history, if any).
     """
@@ -235,7 +236,8 @@ def _member_state(files: MemberDir, model: str | None, timeout: float) -> dict:
     if files.done.exists():
         done = _read_json(files.done)
         row.update(state="done", val_auc=done.get("val_auc"), minutes=done.get("minutes"),
-                   epoch=done.get("epochs"), model=done.get("model", row["model"]))
+                   epoch=done.get("epochs"), model=done.get("model", row["model"]),
+                   near_chance=bool(done.get("near_chance")))
     elif claim is not None and distributed.stale_reason(claim, timeout) is None:
         row.update(state="running", host=claim.get("host"), pid=claim.get("pid"),
                    since=claim.get("started_iso"), epoch=claim.get("epoch", epochs))

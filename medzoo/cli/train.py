@@ -67,13 +67,14 @@ def _train(args) -> int:
     results = train_zoo(cfg, members=args.members, results_dir=args.results, extend=args.extend)
     if env_info().rank != 0:
         return 0
-    print(f"\n{'member':<20} {'status':<17} {'val AUC':>8} {'test AUC':>8} {'minutes':>8}")
+    print(f"\n{'unit':<24} {'status':<17} {'val AUC':>8} {'test AUC':>8} {'minutes':>8}")
     for r in results:
-        print(f"{r['member']:<20} {r['status']:<17} {_num(r.get('val_auc')):>8} {_num(r.get('test_auc')):>8} "
-              f"{_num(r.get('minutes'), 1):>8}")
-    failed = [r["member"] for r in results if r["status"] == "failed"]
+        print(f"{r.get('unit', r['member']):<24} {r['status']:<17} {_num(r.get('val_auc')):>8} "
+              f"{_num(r.get('test_auc')):>8} {_num(r.get('minutes'), 1):>8}"
+              + ("  near chance: did not learn" if r.get("near_chance") else ""))
+    failed = [r.get("unit", r["member"]) for r in results if r["status"] == "failed"]
     if failed:
-        print(f"medzoo train: {len(failed)} member(s) failed: {', '.join(failed)} (see members/<id>/failed.json)",
+        print(f"medzoo train: {len(failed)} unit(s) failed: {', '.join(failed)} (see members/<unit>/failed.json)",
               file=sys.stderr)
     return 1 if failed else 0
 
@@ -99,14 +100,15 @@ def _status(args) -> int:
         print(f"{args.run_dir}: no members yet")
         return 0
     for r in rows:
-        print(f"{r['member']:<20} {r['model'] or '?':<14} {r['state']:<8} {_detail(r)}")
+        print(f"{r['member']:<24} {r['model'] or '?':<14} {r['state']:<8} {_detail(r)}")
     return 0
 
 
 def _detail(r: dict) -> str:
     state = r["state"]
     if state == "done":
-        return f"val AUC {_num(r['val_auc'])}, {_num(r['minutes'], 1)} min, {r['epoch']} epochs"
+        return (f"val AUC {_num(r['val_auc'])}, {_num(r['minutes'], 1)} min, {r['epoch']} epochs"
+                + (", NEAR CHANCE: did not learn" if r.get("near_chance") else ""))
     if state == "running":
         return f"on {r['host']} pid {r['pid']} since {r['since']}, epoch {r['epoch']} done"
     if state == "failed":
