@@ -50,6 +50,9 @@ def test_units_name_every_seed_fold_and_snapshot():
     ({"members": [{"model": "resnet18", "id": "a@b"}]}, "without '@'"),
     ({"members": [{"model": "resnet18", "snapshots": 3, "epochs": 10}]}, "epochs divisible"),
     ({"members": [{"model": "resnet18", "snapshots": 2, "epochs": 4, "schedule": "none"}]}, "cosine"),
+    ({"members": [{"model": "resnet18", "snapshots": 2, "epochs": 4, "average": "ema"}]}, "choose one"),
+    ({"members": [{"model": "resnet18", "average": "mean"}]}, "allowed"),
+    ({"members": [{"model": "resnet18", "ema_decay": 1.0}]}, "ema_decay"),
 ])
 def test_bad_repeats_folds_and_snapshots_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
@@ -205,3 +208,20 @@ def test_an_in_sample_score_never_ranks_first(tmp_path):
     t.write(run / "ensembles" / "fit" / "val.csv")
     frame = collect(run, bootstrap=0).frame
     assert list(frame["entry"]) == ["a", "fit"]  # 0.75 honest above 1.0 in-sample
+
+
+@pytest.mark.parametrize("average", ["ema", "swa"])
+def test_averaged_weights_are_the_kept_ones(tmp_path, average):
+    cfg = load_config(tiny_config(tmp_path, members=SQUEEZE, epochs=2, average=average, ema_decay=0.5, swa_start=0.0))
+    train_zoo(cfg, results_dir=tmp_path / "res", progress=False, log=lambda m: None)
+    files = RunDir(tmp_path / "res" / "tiny").member("squeezenet1_1")
+    best = torch.load(files.best, weights_only=False)["model"]
+    last = torch.load(files.last, weights_only=False)
+    key = "features.0.weight"
+    assert not torch.equal(best[key], last["model"][key])  # not the raw weights
+    averaged = {k.removeprefix("module."): v for k, v in last["averaged"].items() if k.startswith("module.")}
+    torch.testing.assert_close(best[key], averaged[key])
+    if average == "swa":
+        assert int(last["averaged"]["n_averaged"]) == 2  # both epochs averaged (swa_start = 0)
+    else:
+        torch.testing.assert_close(last["kept_model"][key], best[key])

@@ -23,7 +23,10 @@ Each member trains as one or more *units* (:meth:`ZooConfig.units`): one per see
 ``[cv]``, per fold. A zoo is *repeated* when a member has several seeds; repeat tags are
 ``@s<seed>``, and a member with one seed is shared by every repeat. ``snapshots = M`` in
 ``[train]`` turns one training run into M members (a cyclic cosine schedule, one snapshot at
-the end of each cycle). Names: a unit's folder is ``<id>[@s<seed>][@f<k>]`` (k from 1), the
+the end of each cycle). ``average = "ema"`` keeps (and validates) an exponential moving average
+of the weights (``ema_decay`` per optimizer step), ``average = "swa"`` the mean of the weights
+at the end of every epoch from ``swa_start`` (a fraction of the epochs) on, with its batch-norm
+statistics recomputed (``torch.optim.swa_utils``). Names: a unit's folder is ``<id>[@s<seed>][@f<k>]`` (k from 1), the
 member tables it feeds are ``<id>[.snap<j>][@s<seed>]``; ``@`` is reserved for these tags.
 
 ``[ensemble]``, ``[leaderboard]`` and ``[submission]`` are kept as plain
@@ -45,6 +48,7 @@ CHOICES = {
     "optimizer": ("sgd", "adam", "adamw"),
     "schedule": ("cosine", "plateau", "none"),
     "loss": ("ce", "weighted_ce", "focal"),
+    "average": ("none", "ema", "swa"),
 }
 SECTIONS = ("ensemble", "leaderboard", "submission")
 
@@ -95,6 +99,9 @@ class TrainConfig:
     sync_bn: bool = False
     max_train_batches: int = 0
     snapshots: int = 1
+    average: str = "none"
+    ema_decay: float = 0.999
+    swa_start: float = 0.75
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -424,6 +431,12 @@ def _check_ranges(cfg: TrainConfig, where: str) -> None:
         raise ValueError(f"{where} snapshots = {cfg.snapshots} needs schedule = \"cosine\" (got {cfg.schedule!r}), "
                          f"epochs divisible by it (got epochs = {cfg.epochs}) and warmup_epochs (= "
                          f"{cfg.warmup_epochs}) shorter than one cycle: each snapshot ends one cosine cycle")
+    if cfg.average != "none" and cfg.snapshots > 1:
+        raise ValueError(f"{where} average = {cfg.average!r} and snapshots = {cfg.snapshots}: choose one (each makes "
+                         f"the member's kept weights)")
+    if not 0 < cfg.ema_decay < 1 or not 0 <= cfg.swa_start < 1:
+        raise ValueError(f"{where} ema_decay = {cfg.ema_decay}, swa_start = {cfg.swa_start}; allowed ema_decay in "
+                         f"(0, 1) and swa_start (the fraction of epochs before averaging starts) in [0, 1)")
     if not 0 < cfg.plateau_factor < 1:
         raise ValueError(f"{where} plateau_factor = {cfg.plateau_factor}; allowed range (0, 1)")
 

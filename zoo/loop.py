@@ -141,12 +141,12 @@ def _backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, de
 
 def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=None, scaler=None, amp_dtype=None,
                     accumulate: int = 1, max_batches: int = 0, on_batch: Callable | None = None,
-                    progress: bool = True, desc: str = "train") -> dict:
+                    on_step: Callable | None = None, progress: bool = True, desc: str = "train") -> dict:
     """One pass over ``loader`` (yielding ``x [B,3,H,W], y [B], idx [B]``); returns loss and throughput.
 
     Gradients are accumulated over ``accumulate`` batches per optimizer step (without DDP
     gradient sync on the intermediate ones). A per-step ``scheduler`` (LambdaLR) steps after
-    each optimizer step. ``on_batch(i, idx)`` is called after each batch. Returns
+    each optimizer step, then ``on_step()`` (an EMA update). ``on_batch(i, idx)`` is called after each batch. Returns
     ``{"loss", "images", "seconds", "images_per_s", "steps"}``.
     """
     model.train()
@@ -170,6 +170,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=N
             steps += 1
             if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
                 scheduler.step()
+            if on_step is not None:
+                on_step()
         total += loss.detach() * len(y)
         images += len(y)
         if on_batch is not None:

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm import tqdm
 
 from medzoo.core.fileio import file_digest, write_json
@@ -152,6 +153,7 @@ class _Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     static: dict
+    averaged: AveragedModel | None = None
     run: _Run = field(default_factory=_Run)
 
     @property
@@ -161,8 +163,20 @@ class _Trainer:
 
     @property
     def select_last(self) -> bool:
-        """Whether the last epoch's weights are kept (no early stop): fold units and snapshot members."""
-        return self.unit.fold is not None or self.member.train.snapshots > 1
+        """Whether the last epoch's weights are kept (no early stop): fold units, snapshot and SWA members."""
+        t = self.member.train
+        return self.unit.fold is not None or t.snapshots > 1 or t.average == "swa"
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validated and kept: the EMA of the weights for ``average = "ema"``, else the model."""
+        return self.averaged.module if self.averaged is not None and self.member.train.average == "ema" else self.model
+
+    @property
+    def swa_from(self) -> int:
+        """The first epoch (1-based) whose weights SWA averages."""
+        t = self.member.train
+        return min(t.epochs, math.floor(t.swa_start * t.epochs) + 1)
 
     @property
     def cycle(self) -> int:
@@ -214,6 +228,11 @@ def _prepare(cfg: ZooConfig, unit: Unit, run: RunDir, log) -> _Trainer:
     optimizer = make_optimizer(model, t)
     scheduler = make_scheduler(optimizer, t, math.ceil(n_batches / accumulate))
     loss_fn = make_loss(t, class_weights(train.labels, len(classes)), device)
+    averaged = None
+    if t.average == "ema":
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+    elif t.average == "swa":
+        averaged = AveragedModel(model)
     static = {"arch": member.model, "classes": classes, "size": member.size, "mean": list(info.mean),
               "std": list(info.std), "member": member.id, "unit": unit.name, "seed": unit.seed, "fold": unit.fold,
               "dataset": dataset, "vflip": t.augment.vflip, "config": asdict(member),
@@ -221,7 +240,7 @@ def _prepare(cfg: ZooConfig, unit: Unit, run: RunDir, log) -> _Trainer:
     return _Trainer(cfg=cfg, unit=unit, member=member, files=run.member(unit.name), dist=dist, device=device, say=logger_for(log, dist.is_main),
                     info=info, data=data, model=model, channels_last=channels_last, amp_dtype=amp_dtype,
                     scaler=scaler, loader=loader, accumulate=accumulate, optimizer=optimizer, scheduler=scheduler,
-                    loss_fn=loss_fn, static=static)
+                    loss_fn=loss_fn, static=static, averaged=averaged)
 
 
 def _build_model(member: MemberConfig, seed: int, num_classes: int, device: torch.device
@@ -258,6 +277,8 @@ def _resume(tr: _Trainer) -> None:
         return
     ckpt = load_checkpoint(tr.files.last, map_location=tr.device, weights_only=False)  # this run's own file
     tr.model.load_state_dict(ckpt["model"])
+    if tr.averaged is not None:
+        tr.averaged.load_state_dict(ckpt["averaged"])
     tr.optimizer.load_state_dict(ckpt["optimizer"])
     if tr.scheduler is not None:
         tr.scheduler.load_state_dict(ckpt["scheduler"])
@@ -274,12 +295,14 @@ def _resume(tr: _Trainer) -> None:
 
 
 def _repair_best(ckpt: dict, best: Path, static: dict) -> None:
-    """After a crash between writing the resume and the best checkpoint, rebuild ``best`` from ``ckpt``."""
+    """After a crash between writing the resume and the best checkpoint, rebuild ``best`` from ``ckpt`` (its kept
+    weights: the EMA's when the member averages)."""
     if ckpt["best_epoch"] != ckpt["epoch"]:
         return
     if best.exists() and load_checkpoint(best).get("epoch") == ckpt["epoch"]:
         return
-    save_checkpoint({**static, **{k: ckpt[k] for k in ("model", *_Run.KEYS)}}, best)
+    weights = ckpt.get("kept_model", ckpt["model"])
+    save_checkpoint({**static, **{k: ckpt[k] for k in _Run.KEYS}, "model": weights}, best)
 
 
 def _say_plan(tr: _Trainer) -> None:
@@ -323,13 +346,16 @@ def _epoch(tr: _Trainer, model: nn.Module, progress: bool, on_batch: Callable | 
     tr.loader.set_epoch(epoch)
     lr = tr.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
+    ema = tr.averaged if t.average == "ema" else None
     with distributed.peer_errors(tr.cfg.dist_timeout):
         stats = train_one_epoch(model, tr.loader, tr.optimizer, tr.loss_fn, scheduler=tr.scheduler, scaler=tr.scaler,
                                 amp_dtype=tr.amp_dtype, accumulate=tr.accumulate, max_batches=t.max_train_batches,
-                                on_batch=on_batch, progress=progress and tr.dist.is_main,
-                                desc=f"{tr.unit.name} {epoch + 1}/{t.epochs}")
+                                on_batch=on_batch, on_step=(lambda: ema.update_parameters(tr.model)) if ema else None,
+                                progress=progress and tr.dist.is_main, desc=f"{tr.unit.name} {epoch + 1}/{t.epochs}")
         distributed.broadcast_buffers(tr.model)
-        probs = predict_probs(tr.model, val.images, mean=tr.info.mean, std=tr.info.std, device=tr.device,
+        if t.average == "swa" and epoch + 1 >= tr.swa_from:
+            tr.averaged.update_parameters(tr.model)
+        probs = predict_probs(tr.eval_model, val.images, mean=tr.info.mean, std=tr.info.std, device=tr.device,
                               batch_size=t.batch_size, amp_dtype=tr.amp_dtype, channels_last=tr.channels_last)
         train_loss = _mean_over_ranks(stats["loss"], stats["images"], tr.device)
     auc = validation_auc(val.labels, probs)
@@ -346,10 +372,13 @@ def _save_epoch(tr: _Trainer, improved: bool) -> None:
     """Write the snapshot at a cycle's end, the resume checkpoint, the best one when ``improved``, the history
     and the curves. The snapshot goes first: a crash before the resume checkpoint repeats the epoch."""
     m = tr.member
-    state = {**tr.static, **tr.run.state(), "model": tr.model.state_dict()}
+    state = {**tr.static, **tr.run.state(), "model": tr.eval_model.state_dict()}
     if m.train.snapshots > 1 and tr.run.epoch % tr.cycle == 0:
         save_checkpoint(state, tr.files.snapshot(tr.run.epoch // tr.cycle))
-    save_checkpoint({**state, "optimizer": tr.optimizer.state_dict(),
+    resume = {"model": tr.model.state_dict()}
+    if tr.averaged is not None:
+        resume.update(averaged=tr.averaged.state_dict(), kept_model=state["model"])
+    save_checkpoint({**state, **resume, "optimizer": tr.optimizer.state_dict(),
                      "scheduler": tr.scheduler.state_dict() if tr.scheduler is not None else None,
                      "scaler": tr.scaler.state_dict() if tr.scaler is not None else None, "rng": rng_state()},
                     tr.files.last)
@@ -371,6 +400,8 @@ def _say_epoch(tr: _Trainer, improved: bool, stats: dict) -> None:
 def _finish(tr: _Trainer, run: RunDir) -> dict:
     """Predict val/test with the kept weights (one checkpoint per entry) and write the tables and the done record."""
     m, u = tr.member, tr.unit
+    if m.train.average == "swa":
+        _keep_swa(tr)
     kept = ([tr.files.snapshot(j) for j in range(1, m.train.snapshots + 1)] if m.train.snapshots > 1
             else [tr.files.best])
     aucs = {}
@@ -397,6 +428,20 @@ def _finish(tr: _Trainer, run: RunDir) -> dict:
            + (" - WARNING: validation AUC within noise of chance, the member did not learn" if dead else ""))
     distributed.barrier()
     return {**done, "status": "trained"}
+
+
+def _keep_swa(tr: _Trainer) -> None:
+    """Recompute the SWA model's batch-norm statistics over the training split and keep its weights as ``best``.
+
+    Idempotent: the average comes from the resume checkpoint, and the loader's order from its epoch.
+    """
+    tr.loader.set_epoch(tr.member.train.epochs)
+    with torch.no_grad():
+        update_bn(((x, y) for x, y, _ in tr.loader), tr.averaged, device=tr.device)
+    if tr.dist.is_main:
+        save_checkpoint({**tr.static, **tr.run.state(), "model": tr.averaged.module.state_dict(),
+                         "swa_from": tr.swa_from}, tr.files.best)
+    distributed.barrier()
 
 
 def _write_tables(tr: _Trainer, run: RunDir, entry: str, model: nn.Module, ckpt: dict,
