@@ -10,11 +10,16 @@ What each column means (the metric conventions are in :mod:`benchmarks.metrics`)
   ``*_lo`` / ``*_hi`` its stratified-bootstrap 95% CI.
 * ``delta_vs_best_member`` / ``delong_p``: test AUC minus that of the best single member (highest
   validation AUC; ties to the first name) and the paired DeLong p-value of that difference;
-  ``delong_p_holm`` the same p-values Holm-corrected over the board's entries.
+  ``delong_p_holm`` the same p-values Holm-corrected over the board's entries (temperature-scaled copies,
+  ``<entry>+ts`` from :mod:`medzoo.ensemble.calibration`, are not counted and get none).
 * ``threshold``, ``sensitivity`` ... ``f1``: the *primary task* (the dataset card's first view, else the
   second class of a two-class table; none for several classes without views) at the threshold chosen
   on validation (``youden`` or ``sens:<target>``) and applied to test.
 * ``accuracy``, ``balanced_accuracy``: argmax of the class probabilities on test.
+* ``val_ece`` / ``test_ece``, ``val_brier`` / ``test_brier``: expected calibration error (10 equal-width bins)
+  and Brier score, of the positive class for two classes and top-label / summed over classes for more
+  (:func:`benchmarks.metrics.expected_calibration_error`, :func:`benchmarks.metrics.brier_score`); empty
+  for a table whose rows are scores rather than probabilities (``rows_sum_to_one: false``).
 * ``val_<view>_auc`` / ``test_<view>_auc`` for each card view (score = sum of the view's positive classes'
   probabilities), and ``*_views_mean_auc`` when there are several views (ISIC 2017's challenge score).
 
@@ -29,7 +34,10 @@ over the repeats, ``val_auc_sd`` / ``test_auc_sd`` their spread, ``repeats`` how
 models' mean; ``test_auc_fold_sd`` is the spread of the fold models' own test AUCs.
 
 Only honest validation scores rank: an entry whose validation AUC is in-sample (its weights
-were fitted on those images) is shown, starred, below every honestly scored entry.
+were fitted on those images) is shown, starred, below every honestly scored entry. So is a
+temperature-scaled copy (``<entry>+ts``, :mod:`medzoo.ensemble.calibration`, ``medzoo calibrate``):
+its temperature was fitted on validation. A copy is no new comparison: Holm's correction and the
+validation-test rank statistics leave it out, so calibrating leaves the other entries' numbers as they were.
 """
 from __future__ import annotations
 
@@ -48,11 +56,13 @@ from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
 from medzoo.core.rundir import TABLE_FOLDERS, TAG, RunDir
 from medzoo.ensemble.auc import near_chance
+from medzoo.ensemble.calibration import is_calibrated
 from medzoo.ensemble.table import ProbabilityTable, align
 from medzoo.zoo.crossval import read_folds
 from medzoo.zoo.datasets import load_card
 
 CONFIG_KEYS = ("threshold", "sensitivity", "bootstrap", "seed")
+CALIBRATION_NAMES = {"ece": "ECE", "brier": "Brier"}
 
 
 def find_entries(run_dir: str | Path) -> tuple[list[Entry], list[str]]:
@@ -135,6 +145,10 @@ def _entry_row(e: Entry, primary: Task | None, views: list[Task], rule, bootstra
     am = metrics.argmax_metrics(t.labels, t.probs) if t else {}
     row["accuracy"], row["balanced_accuracy"] = am.get("accuracy", nan), am.get("balanced_accuracy", nan)
     for split, table in (("val", e.val if val_ok else None), ("test", t)):
+        probabilities = table is not None and bool(table.rows_sum_to_one().all())
+        row[f"{split}_ece"] = metrics.expected_calibration_error(table.labels, table.probs) if probabilities else nan
+        row[f"{split}_brier"] = metrics.brier_score(table.labels, table.probs) if probabilities else nan
+    for split, table in (("val", e.val if val_ok else None), ("test", t)):
         aucs = [metrics.roc_auc(v.truth(table.labels), v.score(table.probs)) if table else nan for v in views]
         for v, a in zip(views, aucs):
             row[f"{split}_{v.name}_auc"] = a
@@ -215,6 +229,9 @@ def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: i
     primary = views[0] if views else (Task(classes[1], (1,)) if len(classes) == 2 else None)
     if primary is None:
         notes.append("no primary binary task (several classes and no card views): threshold columns are empty")
+    scores = [f"{e.kind} {e.name!r}" for e in entries if not e.val.rows_sum_to_one().all()]
+    if scores:
+        notes.append(f"ECE and Brier left empty for {', '.join(scores)}: rows are scores, not probabilities")
     tags = sorted({t for e in entries if (t := replicate_tag(e.name))}, key=_tag_order)
     groups = {t: [e for e in entries if replicate_tag(e.name) in (t, None)] for t in tags} or {None: entries}
     cache: dict[tuple[str, str], dict] = {}
@@ -245,6 +262,7 @@ def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: i
         extra = _pick_summary({None: frame})
     frame = _rank(frame)
     ranks = repeats if repeats is not None and tags else frame.assign(replicate="run")
+    ranks = ranks[~ranks["entry"].map(is_calibrated).astype(bool)]  # a temperature-scaled copy is no new entry
     scored = ranks[["val_auc", "test_auc"]].notna().all(axis=1).sum() >= 2
     rho = [float(v) for v in rank_agreement(ranks)[1].values()] if scored else []
     first = entries[0]
@@ -270,9 +288,13 @@ def _best_member(entries: list[Entry], rows: list[dict]) -> Entry | None:
 
 
 def _others(frame: pd.DataFrame, best: str | None, column: str) -> np.ndarray:
-    """``frame[column]`` with the reference member's own value (and the rows of other kinds' name) as NaN."""
+    """``frame[column]`` over the board's comparisons: NaN for the reference member's own row and for the
+    temperature-scaled copies (:func:`medzoo.ensemble.calibration.is_calibrated`), which add no comparison of
+    their own (a two-class copy orders the images exactly as its source does), so calibrating leaves the
+    other entries' Holm-corrected p-values as they were."""
     values = frame[column].to_numpy(dtype=np.float64).copy()
     values[((frame["entry"] == best) & (frame["kind"] == "member")).to_numpy()] = np.nan
+    values[frame["entry"].map(is_calibrated).to_numpy(dtype=bool)] = np.nan
     return values
 
 
@@ -460,6 +482,11 @@ def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
                           ("acc", "accuracy"), ("bal acc", "balanced_accuracy")):
             if frame[col].notna().any():
                 out[name] = frame[col].map(_fmt)
+    calibration_split = "test" if show_test else "val"
+    for name in ("ece", "brier"):
+        col = _column(frame, f"{calibration_split}_{name}")
+        if col.notna().any():
+            out[f"{calibration_split} {CALIBRATION_NAMES[name]}"] = col.map(_fmt)
     for c in view_cols:
         out[c.removesuffix("_auc").replace("_", " ") + " AUC"] = frame[c].map(_fmt)
     if frame["members"].astype(bool).any():
@@ -484,8 +511,10 @@ def to_markdown(frame: pd.DataFrame) -> str:
     repeats = info.get("repeats") or []
     if labelled:
         test_name = (metrics.REPEATED_DELONG_NAME if repeats else "paired DeLong test")
+        copies = " (temperature-scaled copies +ts not counted)" if frame["entry"].map(is_calibrated).any() else ""
         lines.append(f"- p: {test_name}; p (Holm): Holm-corrected over the board's "
-                     f"{int(frame['delong_p_holm'].notna().sum()) if 'delong_p_holm' in frame else 0} comparisons")
+                     f"{int(frame['delong_p_holm'].notna().sum()) if 'delong_p_holm' in frame else 0} comparisons"
+                     f"{copies}")
     if repeats:
         lines.append(f"- Repeats: {len(repeats)} ({', '.join(repeats)}); every number is the mean over the repeats, "
                      f"± the sd across them; each repeat's rows: leaderboard_repeats.csv")
@@ -511,12 +540,20 @@ def to_markdown(frame: pd.DataFrame) -> str:
                      f"({info.get('threshold')}), applied to test")
     if labelled:
         lines.append("- Accuracy, balanced accuracy: argmax of the class probabilities")
+    lines.append(f"- {'test' if labelled else 'val'} ECE, Brier: " + (
+        f"of the probability of '{info['classes'][1]}'; Brier = mean (p - y)^2" if len(info.get("classes", [])) == 2
+        else "ECE of the top label (largest probability against whether its class is the true one); Brier = mean "
+             "over images of the squared error summed over classes, against one-hot labels (0 to 2)")
+        + f"; ECE = bin-size-weighted mean |observed frequency - mean probability| over {metrics.CALIBRATION_BINS} "
+          f"equal-width bins; both 0 when perfectly calibrated"
+        + ("" if labelled else " (on validation: no labelled test)"))
     if "near_chance" in frame and frame["near_chance"].fillna(False).astype(bool).any():
         lines.append("- (near chance): a member whose validation AUC's 95% interval holds 0.5 did not learn; "
                      "ensembles leave it out unless [ensemble] members names it")
     if (frame["val_scored"] == "in-sample").any():
         lines.append("- val AUC*: in-sample (the method's weights were fitted on these validation images): shown, "
-                     "not ranked; such entries come after every honestly scored one")
+                     "not ranked; such entries come after every honestly scored one (their val ECE and Brier are "
+                     "in-sample too)")
     lines += [f"- Note: {n}" for n in info.get("notes", [])]
     lines += ["", "| " + " | ".join(shown.columns) + " |", "|" + "|".join("---" for _ in shown.columns) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]

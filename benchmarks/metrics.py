@@ -1,7 +1,8 @@
 """Classification metrics for the leaderboard: ROC-AUC with bootstrap CIs, DeLong's test, operating points.
 
 Also DeLong's test over a zoo trained several times (:func:`repeated_delong`), Holm's correction of
-several p-values (:func:`holm`), and spreads over repeats (:func:`mean_sd`, :func:`spearman`).
+several p-values (:func:`holm`), spreads over repeats (:func:`mean_sd`, :func:`spearman`), and whether
+the probabilities can be read as probabilities (:func:`expected_calibration_error`, :func:`brier_score`).
 
 Conventions shared by every function here:
 
@@ -21,14 +22,25 @@ Operating points: the threshold is chosen on validation scores only (:func:`choo
 applied unchanged to test scores (:func:`threshold_metrics`); a case is called positive when
 ``score >= threshold``. Accuracy, balanced accuracy and the multi-class confusion matrix use the argmax
 of the class probabilities (:func:`argmax_metrics`), the decision rule MedMNIST's published ACC uses.
+
+Calibration (:func:`calibration_problem`): a binary table (``[N]`` scores, or ``[N, 2]`` and its column 1)
+is judged on the positive class, ``(y, p)``; a table of ``C > 2`` classes on its *top label*: the
+confidence is the row's largest probability and the event is "the argmax (first on ties, as
+:func:`argmax_metrics`) is the true class". The reliability bins are :data:`CALIBRATION_BINS` = 10
+equal-width bins over [0, 1], those of scikit-learn's ``calibration_curve(strategy="uniform")``:
+``[0, 0.1], (0.1, 0.2], ..., (0.9, 1]``. ECE = sum over bins of ``n_b / N * |frequency_b - mean confidence_b|``.
+Brier: binary ``mean (p - y)^2`` of the positive class (scikit-learn's ``brier_score_loss``); for
+``C > 2`` the mean over images of ``sum_c (p_c - onehot_c)^2`` (0 to 2; for two classes this sum would
+be twice the binary score).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
-                             roc_curve)
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, brier_score_loss,
+                             confusion_matrix, roc_curve)
 
 from medzoo.ensemble import auc as exact
 
@@ -87,6 +99,81 @@ def argmax_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
     return {"accuracy": float(accuracy_score(labels, pred)),
             "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
             "confusion": confusion_matrix(labels, pred, labels=np.arange(c))}
+
+
+CALIBRATION_BINS = 10
+
+
+def calibration_problem(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What calibration is judged on: ``labels [N]`` with ``probs [N]``, ``[N, 2]`` or ``[N, C]`` ->
+    ``(event [N] bool, confidence [N])``.
+
+    Binary (``[N]``, or column 1 of ``[N, 2]``): the event is ``label == 1`` and the confidence its
+    probability. ``C > 2``: top label, the confidence is the largest probability of the row and the event
+    that its class (the first on ties) is the true one. Raises unless every label is a class index and every
+    probability lies in [0, 1].
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim not in (1, 2) or probs.shape[0] != labels.shape[0] or labels.ndim != 1:
+        raise ValueError(f"calibration needs labels [N] with probs [N] or [N, C]; got labels of shape {labels.shape} "
+                         f"and probs of shape {probs.shape}")
+    c = 2 if probs.ndim == 1 else probs.shape[1]
+    if labels.size and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"calibration needs every label known, a class index in 0..{c - 1}; got labels from "
+                         f"{labels.min()} to {labels.max()}")
+    if not (np.isfinite(probs).all() and (probs >= 0).all() and (probs <= 1).all()):
+        raise ValueError(f"calibration needs probabilities in [0, 1]; got values from {np.nanmin(probs)} to "
+                         f"{np.nanmax(probs)}")
+    if probs.ndim == 1 or c == 2:
+        return labels == 1, probs if probs.ndim == 1 else probs[:, 1]
+    top = np.argmax(probs, axis=1)
+    return top == labels, probs[np.arange(len(top)), top]
+
+
+def reliability(event: np.ndarray, confidence: np.ndarray,
+                n_bins: int = CALIBRATION_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-empty equal-width bins of ``event [N]`` (bool) against ``confidence [N]`` (in [0, 1]).
+
+    Returns ``(mean confidence [B], observed frequency [B], count [B])``, B <= ``n_bins`` bins in increasing
+    order of confidence, from scikit-learn's ``calibration_curve(strategy="uniform")``; bin k holds the
+    confidences in ``(k / n_bins, (k + 1) / n_bins]``, the first also 0.
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+    event = np.asarray(event).astype(int)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    if event.shape != confidence.shape or event.ndim != 1 or not event.size:
+        raise ValueError(f"reliability needs event [N] and confidence [N] with N >= 1, got shapes {event.shape} "
+                         f"and {confidence.shape}")
+    frequency, mean_confidence = calibration_curve(event, confidence, n_bins=n_bins, strategy="uniform", pos_label=1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], confidence), minlength=n_bins)
+    return mean_confidence, frequency, counts[counts > 0]
+
+
+def calibration_error(event: np.ndarray, confidence: np.ndarray, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE of ``confidence [N]`` for ``event [N]`` (bool): the count-weighted mean over the :func:`reliability`
+    bins of ``|observed frequency - mean confidence|``."""
+    mean_confidence, frequency, counts = reliability(event, confidence, n_bins)
+    return float(np.sum(counts * np.abs(frequency - mean_confidence)) / counts.sum())
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE of ``probs [N]``, ``[N, 2]`` (positive class) or ``[N, C]`` (top label) for ``labels [N]``
+    (:func:`calibration_problem`, :func:`calibration_error`)."""
+    return calibration_error(*calibration_problem(labels, probs), n_bins)
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Brier score of ``probs [N]`` or ``[N, 2]`` (positive class: ``mean (p - y)^2``, scikit-learn's
+    ``brier_score_loss``) or ``[N, C]`` with C > 2 (``mean over images of sum_c (p_c - onehot_c)^2``)."""
+    event, _ = calibration_problem(labels, probs)  # checks labels and probabilities
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 1 or probs.shape[1] == 2:
+        return float(brier_score_loss(event.astype(int), probs if probs.ndim == 1 else probs[:, 1], pos_label=1))
+    onehot = np.asarray(labels)[:, None] == np.arange(probs.shape[1])[None, :]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
 
 
 def parse_threshold_rule(rule: str | float) -> tuple[str, float | None]:

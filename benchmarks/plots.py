@@ -1,5 +1,5 @@
-"""Leaderboard figures (matplotlib, Agg, PNG): ROC curves, a confusion matrix, AUC with CIs, training curves,
-the spread of AUCs over replicates and the agreement of validation and test ranks.
+"""Leaderboard figures (matplotlib, Agg, PNG): ROC curves, a confusion matrix, AUC with CIs, reliability
+diagrams, training curves, the spread of AUCs over replicates and the agreement of validation and test ranks.
 
 The drawing functions take plain arrays; :func:`draw_board` picks what to draw from a built leaderboard.
 Every figure is written atomically.
@@ -19,6 +19,7 @@ from medzoo.benchmarks import metrics
 from medzoo.benchmarks.board import Board
 from medzoo.core.fileio import atomic_path
 from medzoo.core.rundir import RunDir
+from medzoo.ensemble.calibration import calibrated_name, is_calibrated
 
 
 KIND_COLORS = {"member": "tab:gray", "ensemble": "tab:blue"}
@@ -62,6 +63,34 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], title: str, path: s
     ax.set(xticks=range(c), yticks=range(c), xlabel="predicted", ylabel="true", title=title)
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_yticklabels(names)
+    return _save(fig, Path(path))
+
+
+def plot_reliability(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, path: str | Path,
+                     n_bins: int = metrics.CALIBRATION_BINS) -> Path:
+    """Reliability diagram, one curve per ``(label, event [N] bool, confidence [N])``, each labelled with its ECE.
+
+    Top: the observed frequency of the event against the mean confidence of each non-empty bin of
+    :func:`metrics.reliability` (``n_bins`` equal-width bins), and the diagonal of perfect calibration.
+    Bottom: the images in each of those bins, at its mean confidence (log scale).
+    """
+    if not curves:
+        raise ValueError("plot_reliability: no curves to draw; give at least one (label, event, confidence)")
+    fig = Figure(figsize=(5.5, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], ls=":", color="black", lw=0.8, label="perfectly calibrated")
+    for i, (label, event, confidence) in enumerate(curves):
+        mean_confidence, frequency, counts = metrics.reliability(event, confidence, n_bins)
+        ece = metrics.calibration_error(event, confidence, n_bins)
+        top.plot(mean_confidence, frequency, marker="o", ms=4, lw=1.4, color=f"C{i % 10}",
+                 label=f"{label} (ECE {ece:.4f})")
+        bottom.plot(mean_confidence, counts, marker="o", ms=3, lw=1, color=f"C{i % 10}")
+    top.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="observed frequency", title=title)
+    top.legend(loc="upper left", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set(yscale="log", xlabel=f"mean predicted probability in the bin ({n_bins} equal-width bins)",
+               ylabel="images per bin")
+    bottom.grid(alpha=0.3)
     return _save(fig, Path(path))
 
 
@@ -258,8 +287,10 @@ def draw_board(run_dir: str | Path, board: Board) -> list[Path]:
     """Draw every leaderboard figure into the run's ``plots/``; returns the files written.
 
     ROC curves of the top three ensembles and the best member, the confusion matrix of the top
-    entry, AUC bars with CIs, each entry's spread over repeats or folds, validation rank against
-    test rank, and the members' training curves, each where there is something to draw.
+    entry, AUC bars with CIs, a reliability diagram (``calibration.png``) of the top two entries and
+    the best member with their temperature-scaled copies, each entry's spread over repeats or folds,
+    validation rank against test rank (temperature-scaled copies left out), and the members' training
+    curves, each where there is something to draw.
     """
     rd = RunDir(run_dir)
     split = _split_for(board)
@@ -272,6 +303,9 @@ def draw_board(run_dir: str | Path, board: Board) -> list[Path]:
         written.append(_draw_roc(board, pick, split, rd.plots / "roc.png"))
     if scored:
         written.append(_draw_confusion(board, scored[0], split, rd.plots / "confusion.png"))
+    calibration = _calibration_pick(board, scored, split)
+    if calibration:
+        written.append(_draw_reliability(board, calibration, split, rd.plots / "calibration.png"))
     shown = board.frame[board.frame[f"{split}_auc"].notna()]
     if len(shown):
         written.append(_draw_auc_bars(shown, split, best, rd.plots / "auc_ci.png"))
@@ -282,9 +316,10 @@ def draw_board(run_dir: str | Path, board: Board) -> list[Path]:
                                    for k in zip(spread["entry"], spread["kind"])]).sort_values("_o", kind="stable")
         written.append(plot_spread(spread.drop(columns="_o"), rd.plots / "spread.png",
                                    f"AUC of each entry over its {'repeats' if board.info.get('repeats') else 'folds'}"))
-    if spread[["val_auc", "test_auc"]].notna().all(axis=1).sum() >= 2:
+    ranked = spread[~spread["entry"].map(is_calibrated).astype(bool)]  # a temperature-scaled copy is no new entry
+    if ranked[["val_auc", "test_auc"]].notna().all(axis=1).sum() >= 2:
         written.append(rd.plots / "rank_agreement.png")
-        plot_rank_agreement(spread, written[-1], "Validation rank against test rank")
+        plot_rank_agreement(ranked, written[-1], "Validation rank against test rank")
     histories = {}
     for member in rd.member_ids():
         path = rd.member(member).history
@@ -305,6 +340,30 @@ def _draw_roc(board: Board, pick: list[tuple[str, str]], split: str, path: Path)
         curves.append((f"{name}" + (" (best member)" if kind == "member" else ""), y, score))
     withheld = " (test labels withheld)" if split == "val" and board.info.get("n_test") else ""
     return plot_roc(curves, f"ROC on {split}{withheld}, {what}", path)
+
+
+def _calibration_pick(board: Board, scored: list[tuple[str, str]], split: str) -> list[tuple[str, str]]:
+    """The entries of the reliability diagram: the first two of ``scored`` and the best member, each followed by
+    its temperature-scaled copy when the board has one; only those whose rows are probabilities."""
+    best = ("member", board.info.get("best_member"))
+    top = scored[:2]
+    if best in scored and best not in top:
+        top = top + [best]
+    keys = [k for key in top for k in (key, ("ensemble", calibrated_name(key[1]))) if k in scored]
+    return [k for k in dict.fromkeys(keys) if getattr(board.entries[k], split).rows_sum_to_one().all()]
+
+
+def _draw_reliability(board: Board, pick: list[tuple[str, str]], split: str, path: Path) -> Path:
+    """The reliability diagram of the entries ``pick`` (``(kind, name)`` keys, at least one) on ``split``."""
+    curves = []
+    for kind, name in pick:
+        t = getattr(board.entries[(kind, name)], split)
+        best = kind == "member" and name == board.info.get("best_member")
+        curves.append((name + (" (best member)" if best else ""), *metrics.calibration_problem(t.labels, t.probs)))
+    what = (f"probability of '{board.classes[1]}'" if len(board.classes) == 2
+            else "top label (largest probability)")
+    withheld = " (test labels withheld)" if split == "val" and board.info.get("n_test") else ""
+    return plot_reliability(curves, f"Reliability on {split}{withheld}, {what}", path)
 
 
 def _draw_confusion(board: Board, top: tuple[str, str], split: str, path: Path) -> Path:

@@ -96,6 +96,41 @@ def test_binary_leaderboard_values_by_hand(tmp_path, isic_card):
     assert "| 1 | a | member | 0.8125 (near chance) | 0.8125 |" in md  # 8 images: its interval holds 0.5
 
 
+def test_binary_leaderboard_calibration_columns_by_hand(tmp_path):
+    # ECE and Brier of the 4-by-4 example (worked in test_metrics): a 3.0/8 and 1.44/8, b 2.4/8 and 1.82/8.
+    # mean = (A + B) / 2 = .9 .65 .6 .35 | .7 .5 .35 .15: bins (.6, .7] hold .65 (positive) and .7 (negative),
+    # gap |1/2 - .675| = .175 for 2; (.3, .4] hold .35 and .35, gap .15 for 2; alone: .1 .4 | .5 .15.
+    # ECE = (1.15 + .35 + .3) / 8 = 1.8 / 8. Brier: (.01 + .1225 + .16 + .4225 + .49 + .25 + .1225 + .0225) / 8.
+    write_leaderboard(binary_run(tmp_path), bootstrap=0, plots=False)
+    csv = pd.read_csv(tmp_path / "binary" / "leaderboard.csv").set_index("entry")
+    for split in ("val", "test"):  # test = val here
+        assert csv[f"{split}_ece"].to_dict() == pytest.approx({"a": 3.0 / 8, "b": 2.4 / 8, "mean": 1.8 / 8})
+        assert csv[f"{split}_brier"].to_dict() == pytest.approx({"a": 1.44 / 8, "b": 1.82 / 8, "mean": 1.6 / 8})
+    columns = list(csv.columns)
+    assert columns[columns.index("balanced_accuracy") + 1:][:4] == ["val_ece", "val_brier", "test_ece", "test_brier"]
+    md = (tmp_path / "binary" / "leaderboard.md").read_text()
+    assert "| test ECE | test Brier |" in md and "| 0.3750 | 0.1800 |" in md
+    assert "test ECE, Brier: of the probability of 'pneumonia'; Brier = mean (p - y)^2; ECE = " in md
+    assert "over 10 equal-width bins" in md
+
+
+def test_repeated_board_averages_the_calibration_columns(tmp_path):
+    # a@s0 is A and a@s1 is B on val and test: the board's a is the mean of the two repeats' values.
+    run = tmp_path / "rep"
+    run.mkdir()
+    for tag, a, b in (("s0", A, B), ("s1", B, A)):
+        for name, score in ((f"a@{tag}", a), (f"b@{tag}", b)):
+            for split in ("val", "test"):
+                put(run, "member", name, split, BINARY, np.stack([1 - score, score], axis=1), Y)
+    frame = write_leaderboard(run, bootstrap=0, plots=False).set_index("entry")
+    for split in ("val", "test"):
+        assert frame.loc["a", f"{split}_ece"] == pytest.approx((3.0 / 8 + 2.4 / 8) / 2)
+        assert frame.loc["a", f"{split}_brier"] == pytest.approx((1.44 / 8 + 1.82 / 8) / 2)
+    repeats = pd.read_csv(run / "leaderboard_repeats.csv")
+    assert repeats.loc[repeats["entry"] == "a", "val_ece"].tolist() == pytest.approx([3.0 / 8, 2.4 / 8])
+    assert "| 0.3375 | 0.203" in (run / "leaderboard.md").read_text()  # 0.20375, rounded either way
+
+
 def test_threshold_never_reads_test_labels(tmp_path):
     base = build_leaderboard(binary_run(tmp_path), bootstrap=0)
     permuted = np.array([1, 0, 0, 1, 0, 1, 1, 0])
@@ -124,19 +159,36 @@ def test_three_class_views_and_unlabelled_test(tmp_path, isic_card):
     # macro val AUC adds nevus vs rest: positives .7 .4 vs .3 .4 .2 .2 -> .7 beats 4, .4 beats 3 and ties 1:
     # 7.5 of 8; (7/8 + 7.5/8 + 1) / 3 = 0.9375.
     assert frame.loc["m1", "val_auc"] == pytest.approx((7 / 8 + 7.5 / 8 + 1) / 3)
-    for col in ("test_auc", "test_auc_lo", "delong_p", "sensitivity", "accuracy", "test_melanoma_auc"):
+    for col in ("test_auc", "test_auc_lo", "delong_p", "sensitivity", "accuracy", "test_melanoma_auc", "test_ece",
+                "test_brier"):
         assert frame[col].isna().all(), col
+    # top-label ECE and summed Brier of m1 (worked in test_metrics): 2.3 / 6 and 2.14 / 6
+    assert frame.loc["m1", "val_ece"] == pytest.approx(2.3 / 6)
+    assert frame.loc["m1", "val_brier"] == pytest.approx(2.14 / 6)
     assert math.isfinite(frame.loc["m1", "threshold"])  # chosen on validation, for the melanoma view
     md = (run / "leaderboard.md").read_text()
     assert "unlabelled: validation only" in md and "val 95% CI" in md and "test AUC" not in md
+    assert "| val ECE | val Brier |" in md and "| 0.3833 | 0.3567 |" in md and "test ECE" not in md
+    assert "val ECE, Brier: ECE of the top label" in md and "(on validation: no labelled test)" in md
     plots = {p.split("/")[-1] for p in frame.attrs["info"]["plots"]}
-    assert plots == {"roc.png", "confusion.png", "auc_ci.png"}
+    assert plots == {"roc.png", "confusion.png", "auc_ci.png", "calibration.png"}
+
+
+def test_score_tables_get_no_calibration_columns(tmp_path, isic_card):
+    run = three_class_run(tmp_path)
+    scores = np.array([[.6, .3, .3]] * 6)  # rows summing to 1.2: a rank or median ensemble's scores
+    put(run, "ensemble", "median", "val", THREE, scores, L3, rows_sum_to_one=False)
+    frame = build_leaderboard(run, bootstrap=0).set_index("entry")
+    assert np.isnan(frame.loc["median", "val_ece"]) and np.isnan(frame.loc["median", "val_brier"])
+    assert frame.loc["m1", "val_ece"] == pytest.approx(2.3 / 6)
+    assert "ECE and Brier left empty for ensemble 'median': rows are scores, not probabilities" in \
+        frame.attrs["info"]["notes"]
 
 
 def test_binary_plots_are_written(tmp_path):
     run = binary_run(tmp_path)
     write_leaderboard(run, bootstrap=50)
-    for name in ("roc.png", "confusion.png", "auc_ci.png", "training_curves.png"):
+    for name in ("roc.png", "confusion.png", "auc_ci.png", "calibration.png", "training_curves.png"):
         assert (run / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 

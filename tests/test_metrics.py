@@ -292,3 +292,64 @@ def test_spearman_by_hand():
     assert math.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ValueError, match=r"shapes \(3,\) and \(2,\)"):
         metrics.spearman([1, 2, 3], [1, 2])
+
+
+# Calibration. A on the 4-by-4 example, 10 equal-width bins (k/10, (k+1)/10]: its eight probabilities
+# .9 .8 .6 .4 | .7 .5 .3 .2 fall in eight different bins, so each bin's gap is |y - p| of one image:
+# .1 .2 .4 .6 | .7 .5 .3 .2, ECE = 3.0 / 8; Brier = (.01 + .04 + .16 + .36 + .49 + .25 + .09 + .04) / 8 = 1.44 / 8.
+# B shares one bin: its two 0.5s (a positive and a negative) -> frequency 1/2 = mean 0.5, gap 0; the other gaps
+# .1 .4 .7 | .7 .4 .1 sum to 2.4, ECE = 2.4 / 8; Brier = (.01 + .25 + .16 + .49 + .49 + .25 + .16 + .01) / 8.
+L3 = np.array([0, 0, 1, 1, 2, 2])
+P3 = np.array([[.6, .3, .1], [.3, .4, .3], [.2, .7, .1], [.5, .4, .1], [.1, .2, .7], [.2, .2, .6]])
+
+
+def test_ece_and_brier_of_the_4_by_4_example_by_hand():
+    assert metrics.expected_calibration_error(Y, A) == pytest.approx(3.0 / 8)
+    assert metrics.brier_score(Y, A) == pytest.approx(1.44 / 8)
+    assert metrics.expected_calibration_error(Y, B) == pytest.approx(2.4 / 8)
+    assert metrics.brier_score(Y, B) == pytest.approx(1.82 / 8)
+    table = np.stack([1 - B, B], axis=1)  # two classes: column 1, the same numbers
+    assert metrics.expected_calibration_error(Y, table) == pytest.approx(2.4 / 8)
+    assert metrics.brier_score(Y, table) == pytest.approx(1.82 / 8)
+    confidence, frequency, counts = metrics.reliability(*metrics.calibration_problem(Y, B))
+    assert confidence == pytest.approx([.1, .3, .4, .5, .6, .7, .9])
+    assert frequency.tolist() == [0, 1, 0, 0.5, 1, 0, 1] and counts.tolist() == [1, 1, 1, 2, 1, 1, 1]
+
+
+def test_ece_with_shared_bins_by_hand():
+    # Two bins [0, .5], (.5, 1]. High: .9 .8 .75 with 2 of 3 positive: |2/3 - 49/60| = 9/60.
+    # Low: .3 .2 .1 with 1 of 3 positive: |1/3 - 1/5| = 8/60. Three images each: ECE = (9/60 + 8/60) / 2 = 17/120.
+    y, p = np.array([1, 0, 1, 1, 0, 0]), np.array([.9, .8, .75, .3, .2, .1])
+    assert metrics.expected_calibration_error(y, p, n_bins=2) == pytest.approx(17 / 120)
+    assert metrics.calibration_error(y.astype(bool), p, n_bins=2) == pytest.approx(17 / 120)
+    # A bin's upper edge belongs to it, as in calibration_curve: 0.5 falls in [0, .5].
+    assert metrics.reliability(np.array([True, False]), np.array([.5, .5]), n_bins=2)[2].tolist() == [2]
+
+
+def test_top_label_ece_and_multiclass_brier_by_hand():
+    # Top labels (confidence, right?): .6 yes, .4 no, .7 yes, .5 no, .7 yes, .6 yes. Bins: (.5, .6] .6 .6 both
+    # right -> gap .4 for 2; (.3, .4] -> .4 for 1; (.6, .7] -> .3 for 2; (.4, .5] -> .5 for 1: ECE = 2.3 / 6.
+    assert metrics.expected_calibration_error(L3, P3) == pytest.approx(2.3 / 6)
+    # Squared errors against one-hot, summed per row: .26 .74 .14 .62 .14 .24 -> 2.14 / 6.
+    assert metrics.brier_score(L3, P3) == pytest.approx(2.14 / 6)
+    event, confidence = metrics.calibration_problem(L3, P3)
+    assert event.tolist() == [True, False, True, False, True, True]
+    assert confidence.tolist() == [.6, .4, .7, .5, .7, .6]
+
+
+def test_perfect_predictions_have_zero_ece_and_brier():
+    y = np.array([0, 1, 1])
+    assert metrics.expected_calibration_error(y, y.astype(float)) == 0
+    assert metrics.brier_score(y, y.astype(float)) == 0
+    assert metrics.brier_score(np.array([2, 0]), np.array([[0., 0, 1], [1, 0, 0]])) == 0
+
+
+@pytest.mark.parametrize("labels, probs, n_bins, message", [
+    (Y, A[:4], 10, r"labels of shape \(8,\) and probs of shape \(4,\)"),
+    (Y, A + 0.2, 10, r"probabilities in \[0, 1\]; got values from 0.4 to 1.1"),
+    (np.array([0, 3]), np.array([[.5, .5, 0], [.2, .3, .5]]), 10, r"class index in 0..2; got labels from 0 to 3"),
+    (Y, A, 0, "n_bins must be an integer >= 1, got 0"),
+])
+def test_calibration_errors_name_what_was_received(labels, probs, n_bins, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.expected_calibration_error(labels, probs, n_bins)

@@ -72,3 +72,14 @@ def test_plots_name_the_missing_columns(fn, tmp_path):
 def test_rank_agreement_needs_a_row_with_both_aucs(tmp_path):
     with pytest.raises(ValueError, match="none of the 4 rows has both val_auc and test_auc"):
         plots.plot_rank_agreement(FOUR.assign(test_auc=np.nan), tmp_path / "x.png", "t")
+
+
+def test_reliability_diagram_is_a_png(tmp_path):
+    y = np.array([1, 0, 1, 1, 0, 0])
+    p = np.array([.9, .8, .75, .3, .2, .1])
+    path = tmp_path / "calibration.png"
+    assert plots.plot_reliability([("a", y == 1, p), ("b", y == 1, 1 - p)], "reliability", path, n_bins=2) == path
+    assert _is_png(path)
+    with pytest.raises(ValueError, match="no curves to draw"):
+        plots.plot_reliability([], "t", tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()

@@ -1,4 +1,5 @@
-"""``medzoo ensemble RUN_DIR``: combine the members' probability tables of a run."""
+"""``medzoo ensemble RUN_DIR``: combine the members' probability tables of a run; ``medzoo calibrate RUN_DIR``:
+temperature-scale its tables on validation."""
 from __future__ import annotations
 
 from medzoo.core.rundir import RunDir
@@ -8,6 +9,7 @@ from medzoo.ensemble.combiners import COMBINERS, method_params
 
 COMMANDS = {  # the one-line help of each command, shown by medzoo --help
     "ensemble": "combine member probability tables into ensembles",
+    "calibrate": "temperature-scale a run's members and ensembles on validation -> ensembles/<entry>+ts/",
 }
 
 
@@ -26,6 +28,20 @@ def register(sub) -> None:
                         f"learned: {', '.join(COMBINERS.names())}")
     p.add_argument("--temperature", type=float, metavar="T", help=_temperature_help())
     p.set_defaults(func=run)
+    c = sub.add_parser(
+        "calibrate",
+        help=COMMANDS["calibrate"],
+        description="Fit one temperature T per entry on its validation table (minimum NLL; probabilities become "
+                    "softmax(log p / T)) and write the scaled val and test tables to RUN_DIR/ensembles/<entry>+ts/ "
+                    "(mean@s1 -> mean+ts@s1), T in their sidecars; the source tables are left as they are. Test "
+                    "labels are never read. Two-class AUCs are unchanged (the order of the images is); ECE, Brier "
+                    "and NLL move. The val table is in-sample: the leaderboard stars it and ranks it below honest "
+                    "entries. Run `medzoo leaderboard RUN_DIR` afterwards.")
+    c.add_argument("run_dir", metavar="RUN_DIR", help="run directory, e.g. results/pneumoniamnist")
+    c.add_argument("--entries", nargs="+", metavar="ENTRY",
+                   help="members or ensembles to scale; a name without a repeat tag stands for all its repeats "
+                        "(default: every entry whose val table is labelled probabilities)")
+    c.set_defaults(func=calibrate)
 
 
 def _temperature_help() -> str:
@@ -46,4 +62,15 @@ def run(args) -> int:
     if args.temperature is not None:
         config["temperature"] = args.temperature
     build_ensembles(run_dir.path, methods=args.methods, config=config)
+    return 0
+
+
+def calibrate(args) -> int:
+    from medzoo.ensemble.calibration import calibrate_run
+
+    run_dir = RunDir(args.run_dir)
+    if not run_dir.path.is_dir():
+        raise FileNotFoundError(f"no run directory {run_dir}")
+    if not calibrate_run(run_dir.path, entries=args.entries):
+        print(f"nothing to calibrate in {run_dir}")
     return 0
