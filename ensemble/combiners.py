@@ -15,6 +15,10 @@ data, so a config can be checked before training) and sets the fitted state, who
 
 No method may see test labels: ``fit`` raises for a table whose sidecar says split "test".
 
+A fitted method's state is plain JSON (:meth:`Combiner.state`: its options, members, classes, weights,
+sidecar entries and what its ``predict`` reads, e.g. stacking's coefficients); :func:`restore_method`
+rebuilds from it a method that predicts exactly as the fitted one did, without refitting.
+
 The learned combiners' ``validation_table()`` is out-of-fold (see :meth:`Combiner.fit`), so the
 validation AUC that ranks them on the leaderboard is not scored on the images they were fitted
 on. So is that of an aggregator that learns its members' AUCs (``needs_aucs``: softmax_auc), whose
@@ -33,6 +37,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from medzoo.core.fileio import strict_json
 from medzoo.core.names import unknown_name
 from medzoo.core.registry import Entry, Registry
 from medzoo.ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, TEMPERATURE_CV, TEMPERATURE_GRID,
@@ -40,6 +45,8 @@ from medzoo.ensemble.aggregators import (AGGREGATORS, DEFAULT_TEMPERATURE, TEMPE
 from medzoo.ensemble.auc import auc, auc_bounds, binary_auc, binary_auc_bounds
 from medzoo.ensemble.table import ProbabilityTable, align
 
+STATE_FORMAT = "medzoo-ensemble-state"  # the ``format`` of :meth:`Combiner.state`
+STATE_VERSION = 1
 MAX_SUBSET_MEMBERS = 16
 SUBSET_CHUNK_ELEMENTS = 1 << 23
 FIT_OPTIONS = {"folds": 5, "seed": 0}  # the out-of-fold options of an aggregator that learns (needs_aucs), defaults
@@ -71,6 +78,10 @@ class Combiner:
     def get_params(self) -> dict:
         """The constructor's parameters as given: ``type(self)(**self.get_params())`` is an unfitted copy."""
         return {p: getattr(self, p) for p in list(inspect.signature(type(self).__init__).parameters)[1:]}
+
+    def options(self) -> dict:
+        """The options as given: ``make_method(self.name, **self.options())`` is an unfitted copy."""
+        return self.get_params()
 
     def _validate_params(self) -> None:
         """Raise :class:`ValueError` naming a bad parameter value; needs no data (config checks call it too)."""
@@ -138,12 +149,35 @@ class Combiner:
     def validation_table(self) -> ProbabilityTable:
         """The output ``[N, C]`` on the validation tables used in ``fit``: out-of-fold where ``out_of_fold``."""
         self._check_fitted("validation_table")
+        if "val_tables_" not in vars(self):
+            raise ValueError(f"{self.name} was restored from its saved state and only predicts; fit it on the "
+                             f"validation tables for a validation table")
         ids, _, _, labels = align(self.val_tables_)
         return self._table(self.val_tables_, ids, self.val_probs_, labels)
 
     def sidecar(self) -> dict:
         """What made the output: method, members and weights, plus method-specific entries."""
         return {"method": self.name, "members": self.members_, "weights": self.weights_, **self.info_}
+
+    def state(self) -> dict:
+        """The fitted state as JSON-able values, what :func:`restore_method` rebuilds the method from.
+
+        ``{"format": STATE_FORMAT, "version", "method", "options"`` (:meth:`options`), ``"members"``,
+        ``"classes"``, ``"weights"``, ``"info"`` (the sidecar entries) and ``"fitted"`` (what ``_predict``
+        reads: :meth:`_fitted_state`)``}``. Arrays become lists; non-finite numbers become ``null`` when
+        written with :func:`medzoo.core.fileio.write_json` (and NaN again when restored).
+        """
+        self._check_fitted("state")
+        return strict_json({"format": STATE_FORMAT, "version": STATE_VERSION, "method": self.name,
+                            "options": self.options(), "members": self.members_, "classes": self.classes_,
+                            "weights": self.weights_, "info": self.info_, "fitted": self._fitted_state()})
+
+    def _fitted_state(self) -> dict:
+        """What ``_predict`` reads beyond the options, as JSON-able values (subclasses with fitted arrays)."""
+        return {}
+
+    def _restore_fitted(self, fitted: dict) -> None:
+        """Set what :meth:`_fitted_state` saved."""
 
     def _table(self, tables, ids, probs, labels) -> ProbabilityTable:
         first = tables[0].meta
@@ -169,6 +203,9 @@ class AggregatorMethod(Combiner):
 
     def get_params(self) -> dict:
         return {"name": self.name, **self.params}
+
+    def options(self) -> dict:
+        return dict(self.params)
 
     @property
     def needs_labels(self) -> bool:
@@ -207,6 +244,14 @@ class AggregatorMethod(Combiner):
 
     def _predict(self, probs):
         return get_aggregator(self.name)(probs, **self.params_)
+
+    def _fitted_state(self) -> dict:
+        return {"params": self.params_}
+
+    def _restore_fitted(self, fitted: dict) -> None:
+        self.params_ = dict(fitted["params"])
+        if "aucs" in self.params_:
+            self.params_["aucs"] = _floats(self.params_["aucs"])
 
 
 def _stratified_folds(labels: np.ndarray, c: int, folds: int, seed: int,
@@ -319,6 +364,32 @@ def make_method(name: str, **options) -> Combiner:
     return method
 
 
+def restore_method(state: dict, source: str = "the state") -> Combiner:
+    """A predict-only method rebuilt from :meth:`Combiner.state` (``source`` names where it came from in errors).
+
+    Its ``predict`` gives what the fitted method's did, with no refit; ``validation_table`` raises.
+    """
+    keys = ("format", "version", "method", "options", "members", "classes", "weights", "info", "fitted")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{source} is not a fitted ensemble method's state: format {got!r}, expected {STATE_FORMAT!r}")
+    missing = [k for k in keys if k not in state]
+    if missing or state["version"] != STATE_VERSION:
+        why = f"lacks {missing}" if missing else f"is version {state['version']!r}"
+        raise ValueError(f"{source} {why}; this medzoo reads version {STATE_VERSION} with keys {list(keys)}: "
+                         f"rebuild the ensembles (medzoo ensemble RUN_DIR)")
+    method = make_method(state["method"], **state["options"])
+    method._start(state["members"], state["classes"])
+    method.weights_, method.info_ = state["weights"], dict(state["info"])
+    method._restore_fitted(state["fitted"])
+    return method
+
+
+def _floats(values) -> np.ndarray:
+    """A saved list of numbers as float64 (``null``, a non-finite number written as JSON, back to NaN)."""
+    return np.asarray(values, dtype=np.float64)
+
+
 def combiner(name: str, **meta):
     """Class decorator: register a learned combiner in :data:`COMBINERS` as method ``name`` (also its ``name``).
 
@@ -390,6 +461,13 @@ class GreedySelection(Combiner):
     def _predict(self, probs):
         return np.tensordot(self.selection_weights_, probs, axes=(0, 0))
 
+    def _fitted_state(self) -> dict:
+        return {"counts": self.counts_, "selection_weights": self.selection_weights_}
+
+    def _restore_fitted(self, fitted: dict) -> None:
+        self.counts_ = np.asarray(fitted["counts"], dtype=np.int64)
+        self.selection_weights_ = _floats(fitted["selection_weights"])
+
 
 @combiner("stacking", default=True)
 class Stacking(Combiner):
@@ -416,6 +494,19 @@ class Stacking(Combiner):
 
     def _predict(self, probs):
         return self.model_.predict_proba(self._features(probs))
+
+    def _fitted_state(self) -> dict:
+        m = self.model_
+        return {"coef": m.coef_, "intercept": m.intercept_, "classes": m.classes_, "n_iter": m.n_iter_}
+
+    def _restore_fitted(self, fitted: dict) -> None:
+        from sklearn.linear_model import LogisticRegression  # sklearn is heavy: loaded when stacking is restored
+        self.model_ = LogisticRegression(C=float(self.C), max_iter=1000)
+        self.model_.coef_ = _floats(fitted["coef"])
+        self.model_.intercept_ = _floats(fitted["intercept"])
+        self.model_.classes_ = np.asarray(fitted["classes"])
+        self.model_.n_iter_ = np.asarray(fitted["n_iter"], dtype=np.int32)
+        self.model_.n_features_in_ = self.model_.coef_.shape[1]
 
 
 def all_subsets(m: int) -> np.ndarray:
@@ -566,3 +657,13 @@ class SubsetSearch(Combiner):
 
     def _predict(self, probs):
         return get_aggregator(self.aggregator_)(probs[self.mask_], **self._subset_params())
+
+    def _fitted_state(self) -> dict:
+        return {"aggregator": self.aggregator_, "mask": self.mask_, "aucs": self.aucs_,
+                "temperature": self.temperature_}
+
+    def _restore_fitted(self, fitted: dict) -> None:
+        self.aggregator_ = fitted["aggregator"]
+        self.mask_ = np.asarray(fitted["mask"], dtype=bool)
+        self.aucs_ = _floats(fitted["aucs"])
+        self.temperature_ = fitted["temperature"]

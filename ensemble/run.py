@@ -3,13 +3,15 @@
 Paths are the run folder's (:class:`medzoo.core.rundir.RunDir`): member tables are
 ``run.table("member", member, split)``, outputs ``run.table("ensemble", method, split)``.
 Methods are fitted on the members' validation tables only, then applied to the validation
-and (when present) test tables. Each output is a probability table whose sidecar names the
-method, the members, their weights and method-specific entries (selection counts, the
-chosen subset, stacking coefficients, the validation AUC, the members left out). The validation
-tables and AUCs of the learned combiners and of the aggregators that learn their members' AUCs
-(softmax_auc) are out-of-fold (their sidecars also give the in-sample AUC). Members whose
-validation AUC is within noise of chance (:func:`medzoo.ensemble.auc.near_chance`) are left out
-of every method unless ``members`` names them.
+and (when present) test tables; each method's fitted state is saved beside its tables
+(``RunDir.ensemble_state``: ``ensembles/<method>/state.json``, :meth:`~medzoo.ensemble.combiners.Combiner.state`),
+so that it applies to new images without a refit (:func:`~medzoo.ensemble.combiners.restore_method`).
+Each output is a probability table whose sidecar names the method, the members, their weights
+and method-specific entries (selection counts, the chosen subset, stacking coefficients, the
+validation AUC, the members left out). The validation tables and AUCs of the learned combiners
+and of the aggregators that learn their members' AUCs (softmax_auc) are out-of-fold (their
+sidecars also give the in-sample AUC). Members whose validation AUC is within noise of chance
+(:func:`medzoo.ensemble.auc.near_chance`) are left out of every method unless ``members`` names them.
 
 The ``[ensemble]`` section of a config (a dict here) may hold:
 ``methods`` (list), ``members`` (list of member ids to use), the options shared by every method
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from medzoo.core.fileio import write_json
 from medzoo.core.names import unknown_name
 from medzoo.core.rundir import TAG, RunDir
 from medzoo.ensemble.aggregators import AGGREGATORS, TEMPERATURE_CV, TEMPERATURE_GRID, normalise_weights
@@ -333,9 +336,10 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
     ``{method: {"dir": str, "members": [ids], "val_auc": float | None, "test": bool, "left_out": [ids]}}``
     (every table's sidecar also gets ``left_out``); ``val_auc`` is out-of-fold for the learned
     combiners (greedy, stacking, subset_search) and for aggregators that learn their members' AUCs
-    (softmax_auc). With fewer than two usable members nothing is built (the config and methods are
-    still checked), a note is logged and ``{}`` returned. A table whose rows are scores rather than
-    probabilities gets ``rows_sum_to_one: false`` in its sidecar.
+    (softmax_auc). Each method's fitted state goes to ``RunDir.ensemble_state``, before its val table. With
+    fewer than two usable members nothing is built (the config and methods are still checked), a
+    note is logged and ``{}`` returned. A table whose rows are scores rather than probabilities gets
+    ``rows_sum_to_one: false`` in its sidecar.
     """
     run = RunDir(run_dir)
     config = check_ensemble_config(config)
@@ -393,6 +397,7 @@ def _build_group(run: RunDir, names: list[str], config: dict, val_tables: list[P
         else:
             for stale in (test_path, sidecar_path(test_path)):
                 stale.unlink(missing_ok=True)
+        write_json(run.ensemble_state(out_name), method.state())
         _write(val, run.table("ensemble", out_name, "val"))
         out = run.table_dir("ensemble", out_name)
         results[out_name] = {"dir": str(out), "members": method.members_, "val_auc": val_auc,

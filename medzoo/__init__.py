@@ -10,6 +10,7 @@ The entry points a script needs are importable from here::
     medzoo.build_ensembles(f"results/{cfg.run}", config=cfg.ensemble)   # results/<run>/ensembles/<method>/
     board = medzoo.write_leaderboard(f"results/{cfg.run}")
     sub = medzoo.submit_run(f"results/{cfg.run}")
+    new = medzoo.predict_run(f"results/{cfg.run}", "new_images/", entry="stacking")   # a fitted entry, new images
 
 They are loaded on first use, so ``import medzoo`` (and ``medzoo.ensemble``, which never
 imports torch) stays light. The subpackages are ``medzoo.zoo`` (models, datasets, training),
@@ -31,6 +32,7 @@ API = {
     "load_card": "medzoo.zoo.datasets",
     "check": "medzoo.zoo.check",
     "train_zoo": "medzoo.zoo.schedule",
+    "predict_run": "medzoo.zoo.apply",
     "ProbabilityTable": "medzoo.ensemble.table",
     "build_ensembles": "medzoo.ensemble.run",
     "write_leaderboard": "medzoo.benchmarks.leaderboard",

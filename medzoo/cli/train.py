@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import sys
-
+from pathlib import Path
 
 COMMANDS = {  # the one-line help of each command, shown by medzoo --help
     "train": "train the zoo (or some members) of a config into results/<run>/",
-    "predict": "probability table for new images from one checkpoint",
+    "predict": "probability table for new images from one checkpoint or a fitted run's entry",
     "status": "state of each member of a run: pending, running, done, failed",
 }
 
@@ -35,14 +35,26 @@ def register(sub) -> None:
     p = sub.add_parser(
         "predict",
         help=COMMANDS["predict"],
-        description="Predict class probabilities for image files or folders of images with a medzoo checkpoint "
-                    "(best.pt; it stores the model, classes, input size and normalisation). Ids are the file "
-                    "names without extension.",
+        description="Predict class probabilities for new images with a medzoo checkpoint (best.pt; it stores the "
+                    "model, classes, input size and normalisation), or with an entry of a fitted run folder "
+                    "(--entry): a member runs from its kept checkpoints (every fold model of a cross-validated "
+                    "one, averaged) at its own input size and TTA, exactly as its tables were made; an ensemble "
+                    "combines its members with the method fitted when the run's ensembles were built, without "
+                    "refitting. Ids are the file names without extension (an .npz's: test_00000, ...). For one "
+                    "image the class probabilities are printed; for several the table, unless --out.",
     )
-    p.add_argument("checkpoint", help="a medzoo checkpoint, e.g. results/<run>/members/<id>/best.pt")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("source", metavar="CHECKPOINT|RUN_DIR",
+                   help="a medzoo checkpoint (results/<run>/members/<id>/best.pt) or a run folder (results/<run>)")
+    p.add_argument("images", nargs="+",
+                   help="image files and/or folders (searched recursively); with a run folder also one CSV of image "
+                        "paths, or one .npz (FILE.npz: its images, else its test split; FILE.npz:SPLIT)")
+    p.add_argument("--entry", help="with a run folder: the member id or ensemble name to apply, e.g. resnet18, "
+                                   "stacking, resnet18@s1, mean@s1")
     p.add_argument("--out", help="write the table to this CSV (+ .json sidecar); default: print it")
-    p.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    p.add_argument("--format", help="also write a challenge submission of the table (see medzoo submit --help for "
+                                    "the formats) beside --out, as <out stem>.<format>.csv")
+    p.add_argument("--tta", action="store_true",
+                   help="with a checkpoint: average over flips (a run's members use the TTA they were trained with)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.set_defaults(func=_predict)
 
@@ -80,16 +92,54 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from medzoo.zoo.predict import predict
+    source = Path(args.source)
+    if args.format:
+        from medzoo.benchmarks.submission import get_format  # a typo fails before any image is read
 
-    table = predict(args.checkpoint, args.images, out=args.out, tta=args.tta, device=args.device)
+        get_format(args.format)
+        if not args.out:
+            raise ValueError(f"--format {args.format} writes the submission beside the table: give --out TABLE.csv")
+    if source.is_dir():
+        table = _predict_run(source, args)
+    else:
+        if args.entry:
+            raise ValueError(f"--entry names an entry of a run folder; {source} is not a folder (a checkpoint is "
+                             f"applied as it is)")
+        from medzoo.zoo.predict import predict
+
+        table = predict(source, args.images, out=args.out, tta=args.tta, device=args.device)
+    if len(table.ids) == 1:
+        width = max(map(len, table.classes))
+        print(f"{table.ids[0]}:")
+        for c, v in zip(table.classes, table.probs[0]):
+            print(f"  {c:<{width}}  {v:.6f}")
+    elif not args.out:
+        print(",".join(["image_id", *table.classes]))
+        for i, row in zip(table.ids, table.probs):
+            print(",".join([i, *(f"{v:.6f}" for v in row)]))
     if args.out:
         print(f"wrote {len(table.ids)} rows to {args.out}")
-        return 0
-    print(",".join(["image_id", *table.classes]))
-    for i, row in zip(table.ids, table.probs):
-        print(",".join([i, *(f"{v:.6f}" for v in row)]))
+    if args.format:
+        from medzoo.benchmarks.submission import write_submission
+
+        out = Path(args.out)
+        path = write_submission(table, args.format, out.with_name(f"{out.stem}.{args.format}.csv"))
+        print(f"wrote the {args.format} submission to {path}")
     return 0
+
+
+def _predict_run(run_dir: Path, args):
+    """``medzoo predict RUN_DIR IMAGES --entry ENTRY``: the entry's table for the images."""
+    from medzoo.core.rundir import RunDir
+    from medzoo.zoo.apply import predict_run, run_entries
+
+    if args.tta:
+        raise ValueError("--tta is for a checkpoint; a run's members use the TTA they were trained with")
+    if not args.entry:
+        entries = run_entries(RunDir(run_dir))
+        raise ValueError(f"{run_dir} is a run folder: name the entry to apply with --entry ENTRY; entries: "
+                         f"{', '.join(entries) or 'none (train the run first)'}")
+    return predict_run(run_dir, args.images, entry=args.entry, out=args.out, device=args.device)
 
 
 def _status(args) -> int:

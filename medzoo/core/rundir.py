@@ -10,6 +10,7 @@
     members/<unit>/tables/<entry>/<split>.csv   a fold unit's own tables (held-out fold as val, test)
     predictions/<member>/<split>.csv   ensembles/<method>/<split>.csv   (probability tables; under [cv]
                                     val is out-of-fold, test the fold models' mean, test.fold<k> each one's)
+    ensembles/<method>/state.json   the fitted method, to apply it without a refit
     leaderboard.csv  leaderboard.md  leaderboard_repeats.csv (a repeated run's rows per repeat)
     plots/*.png  submissions/*.csv
 """
@@ -120,6 +121,10 @@ class RunDir:
     def table(self, kind: str, name: str, split: str) -> Path:
         """One probability table: ``predictions/<name>/<split>.csv`` or ``ensembles/<name>/<split>.csv``."""
         return self.table_dir(kind, name) / f"{split}.csv"
+
+    def ensemble_state(self, method: str) -> Path:
+        """A built method's fitted state: ``ensembles/<method>/state.json``."""
+        return self.table_dir("ensemble", method) / "state.json"
 
     def table_names(self, kind: str, split: str | None = None) -> list[str]:
         """Sorted names of the folders of one kind (those holding ``<split>.csv`` when ``split`` is given)."""
