@@ -1,4 +1,5 @@
 import argparse
+import re
 
 import numpy as np
 import pytest
@@ -7,9 +8,10 @@ import torchvision
 from torchvision.models.inception import InceptionAux
 
 from medzoo.cli import models as cli_models
+from medzoo.zoo.checkpoint import model_from_checkpoint, save_checkpoint
 from medzoo.zoo.models import (
-    IMAGENET_MEAN, IMAGENET_STD, SmallInputInceptionAux, adapt_first_conv, create_model, forward_logits,
-    head_parameters, imagenet_weights_path, list_models, model_info, register, set_backbone_trainable,
+    IMAGENET_MEAN, IMAGENET_STD, SmallInputInceptionAux, adapt_first_conv, built_head, create_model, forward_logits,
+    head_parameters, imagenet_weights_path, list_models, model_info, register, resolve_head, set_backbone_trainable,
 )
 
 EXPECTED = (
@@ -71,8 +73,10 @@ def test_min_size_is_the_real_minimum_where_the_architecture_has_one(name):
 def test_heads_replaced_per_family():
     assert create_model("resnet18", 4).fc.out_features == 4
     assert create_model("densenet121", 4).classifier.out_features == 4
-    vgg = create_model("vgg11", 4)
+    with torch.device("meta"):  # shapes only
+        vgg, small = create_model("vgg11", 4, head="torchvision"), create_model("vgg11", 4)
     assert vgg.classifier[6].out_features == 4 and vgg.classifier[3].out_features == 4096
+    assert small.classifier[3].out_features == 4 and small.classifier[0].in_features == 512  # from scratch
     squeeze = create_model("squeezenet1_1", 4)
     assert squeeze.classifier[1].out_channels == 4 and squeeze.num_classes == 4
     inception = create_model("inception_v3", 4)
@@ -158,7 +162,7 @@ def test_pretrained_imagenet_weights_come_from_the_hub_cache_only(tmp_path, monk
     torch.save(imagenet.state_dict(), path)
     model = create_model("squeezenet1_1", 2, pretrained=True)
     torch.testing.assert_close(model.features[0].weight, imagenet.features[0].weight, rtol=0, atol=0)
-    assert model.classifier[1].out_channels == 2
+    assert model.classifier[1].out_channels == 2 and built_head(model) == "torchvision"
 
 
 def test_pretrained_must_be_bool_or_path():
@@ -166,13 +170,14 @@ def test_pretrained_must_be_bool_or_path():
         create_model("squeezenet1_1", 2, pretrained=1)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "inception_v3"])
-def test_freeze_and_unfreeze_backbone(name):
-    model = create_model(name, 2)
-    head = {id(p) for p in head_parameters(model, name)}
-    assert len(head) == (4 if name == "inception_v3" else 2)
+@pytest.mark.parametrize("name, head, tensors", [("resnet18", "auto", 2), ("inception_v3", "auto", 4),
+                                                 ("vgg11_bn", "small", 4), ("vgg11_bn", "torchvision", 2)])
+def test_freeze_and_unfreeze_backbone(name, head, tensors):
+    model = create_model(name, 2, head=head)
+    owned = {id(p) for p in head_parameters(model, name)}
+    assert len(owned) == tensors
     set_backbone_trainable(model, name, False)
-    assert {id(p) for p in model.parameters() if p.requires_grad} == head
+    assert {id(p) for p in model.parameters() if p.requires_grad} == owned
     set_backbone_trainable(model, name, True)
     assert all(p.requires_grad for p in model.parameters())
 
@@ -184,7 +189,109 @@ def test_models_command_lists_every_model(capsys):
     assert args.func(args) == 0
     lines = capsys.readouterr().out.splitlines()
     row = next(line.split() for line in lines if line.startswith("resnet18 "))
-    assert row[:5] == ["resnet18", "resnet", "11.2", "224", "32"]
+    assert row[:6] == ["resnet18", "resnet", "11.2", "11.2", "224", "32"]
+    vgg = next(line.split() for line in lines if line.startswith("vgg11_bn "))
+    assert vgg[2:4] == ["9.5", "128.8"]  # the small head from scratch, torchvision's with weights
     inception = next(line.split() for line in lines if line.startswith("inception_v3 "))
-    assert inception[3:5] == ["299", "75"]
+    assert inception[4:6] == ["299", "75"]
     assert sum(line.split()[0] in EXPECTED for line in lines if line.strip()) == len(EXPECTED)
+    heads = [line.split()[:2] for line in lines if line.startswith("  ")]
+    assert ["vgg", "small"] in heads and ["squeezenet", "small"] in heads and len(heads) == 7
+
+
+def test_auto_head_is_small_from_scratch_where_the_family_has_one():
+    assert [resolve_head("vgg11_bn", p) for p in (False, None, True, "weights.pth")] == [
+        "small", "small", "torchvision", "torchvision"]
+    assert resolve_head("squeezenet1_1", False) == "small" and resolve_head("resnet18", False) == "torchvision"
+    assert resolve_head("vgg11_bn", True, head="small") == "small"
+    assert resolve_head("vgg11_bn", False, head="torchvision") == "torchvision"
+    assert set(model_info("vgg11").heads) == {"torchvision", "small"} and set(model_info("resnet18").heads) == {
+        "torchvision"}
+    assert model_info("squeezenet1_0").heads["small"].startswith("Dropout -> 1x1 conv (512 -> C) -> global average")
+
+
+def test_bad_head_values_raise_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"^head must be one of 'auto', 'torchvision', 'small', got 'big'$"):
+        create_model("vgg11", 2, head="big")
+    with pytest.raises(ValueError, match=r"^resnet18 has no 'small' head; its heads: 'torchvision' \(or 'auto'\)$"):
+        create_model("resnet18", 2, head="small")
+
+
+def test_small_vgg_head_parameters_and_output_at_32px():
+    torch.manual_seed(0)
+    model = create_model("vgg11_bn", 3).train()
+    assert built_head(model) == "small"
+    head = sum(p.numel() for p in head_parameters(model, "vgg11_bn"))
+    assert head == (512 * 512 + 512) + (512 * 3 + 3) == 264_195
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in model.features.parameters()) + head
+    logits, aux = forward_logits(model, torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 3) and aux is None
+    with torch.device("meta"):  # shapes only
+        torchvision_head = create_model("vgg11_bn", 3, head="torchvision")
+    assert sum(p.numel() for p in torchvision_head.classifier.parameters()) == (
+        25088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 3 + 3)
+
+
+def test_squeezenet_small_head_keeps_negative_logits_and_gradients():
+    """torchvision's ReLU after the last conv: class maps all below 0 give logits all 0 and no gradient at all."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    for head in ("torchvision", "small"):
+        model = create_model("squeezenet1_1", 2, head=head).eval()
+        with torch.no_grad():
+            model.classifier[1].bias.fill_(-10.0)
+        logits = model(x)
+        torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+        grad = sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None)
+        if head == "torchvision":
+            assert torch.equal(logits, torch.zeros(2, 2)) and grad == 0
+        else:
+            assert (logits < -5).all() and grad > 0
+
+
+def test_pretrained_file_with_torchvisions_head_builds_torchvisions_head(tmp_path):
+    with torch.device("meta"):
+        shapes = torchvision.models.vgg11(weights=None).state_dict()
+    imagenet = {k: torch.full(v.shape, 0.5) for k, v in shapes.items()}  # ImageNet's layout, 1000 classes
+    path = tmp_path / "vgg11.pth"
+    torch.save(imagenet, path)
+    dropped = r"its 'torchvision' head not loaded .*: classifier\.6\.weight, classifier\.6\.bias \("
+    with pytest.warns(UserWarning, match=dropped):
+        model = create_model("vgg11", 2, pretrained=path)
+    assert built_head(model) == "torchvision" and model.classifier[6].out_features == 2
+    assert (model.classifier[3].weight == 0.5).all() and (model.features[0].weight == 0.5).all()
+    assert not (model.classifier[6].weight == 0.5).any()
+
+    every = ", ".join(f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias"))
+    with pytest.warns(UserWarning, match=f"its 'small' head not loaded .*: {re.escape(every)} \\("):
+        small = create_model("vgg11", 2, pretrained=path, head="small")  # ImageNet features, a fresh small head
+    assert (small.features[0].weight == 0.5).all() and not (small.classifier[0].weight == 0.5).any()
+
+    small_path = tmp_path / "small.pth"
+    torch.save(small.state_dict(), small_path)
+    with pytest.raises(ValueError, match=r"do not fit this model.*this vgg11 has the 'torchvision' head: weights saved "
+                                         r"from one with the 'small' head load with head='small'"):
+        create_model("vgg11", 2, pretrained=small_path)
+
+
+@pytest.mark.parametrize("name, head", [("vgg11_bn", "small"), ("squeezenet1_1", "small"),
+                                        ("squeezenet1_1", "torchvision")])
+def test_checkpoint_rebuilds_the_head_it_was_trained_with(name, head, tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    model = create_model(name, 2, head=head).eval()
+    path = save_checkpoint({"arch": name, "classes": ["a", "b"], "head": resolve_head(name, False, head),
+                            "model": model.state_dict()}, tmp_path / "best.pt")
+    rebuilt, ckpt = model_from_checkpoint(path)
+    assert built_head(rebuilt) == ckpt["head"] == head
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+
+
+def test_checkpoint_without_head_key_is_torchvisions(tmp_path):
+    """Checkpoints written before they recorded the head were all built with torchvision's."""
+    model = create_model("squeezenet1_1", 2, head="torchvision")
+    old = save_checkpoint({"arch": "squeezenet1_1", "classes": ["a", "b"], "model": model.state_dict()},
+                          tmp_path / "best.pt")
+    rebuilt, _ = model_from_checkpoint(old)
+    assert built_head(rebuilt) == "torchvision" and isinstance(rebuilt.classifier[2], torch.nn.ReLU)

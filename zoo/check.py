@@ -30,7 +30,7 @@ from medzoo.zoo.config import MemberConfig, ZooConfig
 from medzoo.zoo.datasets import Dataset, decode_all, open_dataset
 from medzoo.zoo.device import resolve_device, use_channels_last
 from medzoo.zoo.loop import amp_setup, make_optimizer, optimizer_step
-from medzoo.zoo.models import create_model, forward_logits
+from medzoo.zoo.models import create_model, forward_logits, resolve_head
 from medzoo.zoo.predict import tta_flips
 from medzoo.zoo.schedule import status
 
@@ -335,7 +335,8 @@ def _time_steps(member: MemberConfig, num_classes: int, device: torch.device, se
     t = member.train
     torch.manual_seed(seed)
     fmt = torch.channels_last if use_channels_last(t, device) else torch.preserve_format
-    model = create_model(member.model, num_classes=num_classes).to(device, memory_format=fmt)
+    model = create_model(member.model, num_classes=num_classes,
+                         head=resolve_head(member.model, t.pretrained)).to(device, memory_format=fmt)
     model.train()
     optimizer = make_optimizer(model, t)
     amp_dtype, scaler = amp_setup(device, t)

@@ -1,9 +1,11 @@
 """Checkpoints: atomic save/load, RNG state capture, and rebuilding a model from one file.
 
 A medzoo checkpoint is a dict saved with ``torch.save``. Keys:
-``format`` ("medzoo-checkpoint"), ``arch`` (registry name), ``classes``, ``size``, ``mean``,
-``std``, ``member``, ``dataset``, ``vflip`` (trained with vertical flips: TTA may use them),
-``model`` (the model's state dict, where ``zoo.models.create_model(pretrained=path)`` looks),
+``format`` ("medzoo-checkpoint"), ``arch`` (registry name), ``head`` (the head it was built with,
+``zoo.models.resolve_head``: "torchvision" or "small"; checkpoints without it are "torchvision"),
+``classes``, ``size``, ``mean``, ``std``, ``member``, ``dataset``, ``vflip`` (trained with vertical
+flips: TTA may use them), ``model`` (the model's state dict, where
+``zoo.models.create_model(pretrained=path)`` looks),
 ``epoch`` (epochs completed), ``best_auc``, ``best_epoch``, ``bad_epochs`` (early-stopping
 counter), ``stopped`` (early stop reached), ``history`` (list of per-epoch dicts), ``config``
 (the member's resolved config), and in a member's resume checkpoint (``MemberDir.last``; the
@@ -91,8 +93,9 @@ def set_rng_state(state: dict) -> None:
 
 def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model stored in a checkpoint (a member's best, or its resume checkpoint: the last
-    epoch's weights), in eval mode on ``device``; returns ``(model, checkpoint)``."""
+    epoch's weights), in eval mode on ``device``, with the head it was trained with (``"head"``; older
+    checkpoints, without the key, are torchvision's); returns ``(model, checkpoint)``."""
     ckpt = load_checkpoint(path)
-    model = create_model(ckpt["arch"], num_classes=len(ckpt["classes"]))
+    model = create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), head=ckpt.get("head", "torchvision"))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt

@@ -156,7 +156,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=N
     images = steps = 0
     sync_free = model.no_sync if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(total=n_batches, desc=desc, leave=False, disable=not progress, unit="batch", dynamic_ncols=True)
+    bar = tqdm(total=n_batches, desc=desc, leave=False, disable=None if progress else True, unit="batch",
+               dynamic_ncols=True)  # None: a bar on a terminal only
     start = time.perf_counter()
     for i, (x, y, idx) in enumerate(loader):
         if i >= n_batches:

@@ -41,7 +41,7 @@ from medzoo.zoo.device import resolve_device, seed_everything, use_channels_last
 from medzoo.zoo.loader import BatchLoader
 from medzoo.zoo.loop import (accumulation_steps, amp_setup, class_weights, make_loss, make_optimizer, make_scheduler,
                              train_one_epoch, validation_auc)
-from medzoo.zoo.models import ModelInfo, create_model, model_info, set_backbone_trainable
+from medzoo.zoo.models import ModelInfo, create_model, model_info, resolve_head, set_backbone_trainable
 from medzoo.zoo.predict import predict_probs, tta_flips
 
 
@@ -233,11 +233,12 @@ def _prepare(cfg: ZooConfig, unit: Unit, run: RunDir, log) -> _Trainer:
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
     elif t.average == "swa":
         averaged = AveragedModel(model)
-    static = {"arch": member.model, "classes": classes, "size": member.size, "mean": list(info.mean),
-              "std": list(info.std), "member": member.id, "unit": unit.name, "seed": unit.seed, "fold": unit.fold,
-              "dataset": dataset, "vflip": t.augment.vflip, "config": asdict(member),
+    static = {"arch": member.model, "head": resolve_head(member.model, t.pretrained), "classes": classes,
+              "size": member.size, "mean": list(info.mean), "std": list(info.std), "member": member.id,
+              "unit": unit.name, "seed": unit.seed, "fold": unit.fold, "dataset": dataset, "vflip": t.augment.vflip, "config": asdict(member),
               "effective_batch": t.batch_size * dist.world_size * accumulate}
-    return _Trainer(cfg=cfg, unit=unit, member=member, files=run.member(unit.name), dist=dist, device=device, say=logger_for(log, dist.is_main),
+    return _Trainer(cfg=cfg, unit=unit, member=member, files=run.member(unit.name), dist=dist, device=device,
+                    say=logger_for(log, dist.is_main),
                     info=info, data=data, model=model, channels_last=channels_last, amp_dtype=amp_dtype,
                     scaler=scaler, loader=loader, accumulate=accumulate, optimizer=optimizer, scheduler=scheduler,
                     loss_fn=loss_fn, static=static, averaged=averaged)
@@ -276,6 +277,10 @@ def _resume(tr: _Trainer) -> None:
     if not tr.files.last.exists():
         return
     ckpt = load_checkpoint(tr.files.last, map_location=tr.device, weights_only=False)  # this run's own file
+    if ckpt.get("head", "torchvision") != tr.static["head"]:
+        raise ValueError(f"{tr.files.last} was trained with the {ckpt.get('head', 'torchvision')!r} head; this "
+                         f"medzoo builds {tr.member.model} with the {tr.static['head']!r} head: finish it with the "
+                         f"medzoo that started it, or remove {tr.files.folder} to train it again")
     tr.model.load_state_dict(ckpt["model"])
     if tr.averaged is not None:
         tr.averaged.load_state_dict(ckpt["averaged"])

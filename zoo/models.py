@@ -2,8 +2,13 @@
 
 Every architecture is registered once in :data:`MODELS` with :func:`register`, its metadata beside
 the builder (family, default and minimum input size, normalisation mean/std; the family says where
-the classification head(s) and the first convolution are); ``create_model`` builds it with a new
-head for ``num_classes``, optionally ``in_chans`` input channels and pretrained weights.
+the first convolution is and which classification heads it can be built with); ``create_model`` builds
+it with a new head for ``num_classes``, optionally ``in_chans`` input channels and pretrained weights.
+
+Heads: "torchvision" is torchvision's architecture with a fresh final layer (what ImageNet weights and
+older medzoo checkpoints fit); "small", for VGG and SqueezeNet, is medzoo's head for training from
+scratch at small inputs (see :data:`FAMILIES`). ``head="auto"`` picks "small" from scratch where there
+is one and "torchvision" when weights are loaded (:func:`resolve_head`); checkpoints record the head.
 """
 from __future__ import annotations
 
@@ -26,22 +31,86 @@ from medzoo.core.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+HEAD_CHOICES = ("auto", "torchvision", "small")
+
+
+class SmallHead(nn.Sequential):
+    """medzoo's own classification head for training from scratch (``head="small"``); see :data:`FAMILIES`.
+
+    A plain ``nn.Sequential``: its type is how :func:`built_head` tells the head a model was built with.
+    """
+
+
+def _vgg_small_head(model: nn.Module, num_classes: int) -> None:
+    """VGG: global average pool -> Linear(512, 512) -> ReLU -> Dropout -> Linear(512, num_classes).
+
+    Replaces the 7x7 adaptive pool and torchvision's 25088 -> 4096 -> 4096 classifier: on inputs below
+    224 px the last map is 1x1 to 3x3, so the 7x7 pool only replicates it (102.8 M weights for 512 numbers).
+    """
+    width = model.classifier[0].in_features // 49  # torchvision's head sees 512 channels x 7 x 7
+    model.avgpool = nn.AdaptiveAvgPool2d(1)
+    model.classifier = SmallHead(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                                 nn.Linear(width, num_classes))
+
+
+def _squeezenet_small_head(model: nn.Module, num_classes: int) -> None:
+    """SqueezeNet: Dropout -> 1x1 conv (512 -> num_classes, PyTorch's default init) -> global average pool.
+
+    torchvision's head has a ReLU after the conv, so every logit is >= 0. Trained from scratch, a few
+    large steps can push the conv's output below 0 everywhere: then every image's logits are all 0, no
+    gradient reaches any parameter, and the loss stays at ln(num_classes) for good (measured on BreastMNIST
+    with AdamW at lr 1e-3). Same parameters and state-dict keys as torchvision's head.
+    """
+    old = model.classifier
+    model.classifier = SmallHead(nn.Dropout(old[0].p), nn.Conv2d(old[1].in_channels, num_classes, 1),
+                                 nn.AdaptiveAvgPool2d(1))
+
+
+@dataclass(frozen=True)
+class Head:
+    """One classification head a family can be built with.
+
+    ``paths``: the modules holding the head's parameters (``head_parameters``; from a weights file, tensors
+    under them that do not fit are dropped). ``build(model, num_classes)`` puts the head in place; None for
+    torchvision's head: a fresh final layer for ``num_classes`` at each path, the rest kept.
+    ``description``: one line for ``medzoo models``, C standing for the class count.
+    """
+
+    paths: tuple[str, ...]
+    description: str
+    build: Callable[[nn.Module, int], None] | None = None
 
 
 @dataclass(frozen=True)
 class Family:
-    """Where a family keeps its classification head(s) and its first convolution (module paths)."""
+    """Where a family keeps its first convolution (module path) and the heads it can be built with.
 
-    heads: tuple[str, ...]
+    ``heads`` always has ``"torchvision"`` (the architecture ImageNet weights fit) and, where the family has
+    one, ``"small"``: medzoo's head for training from scratch.
+    """
+
     first_conv: str
+    heads: dict[str, Head]
 
 
 FAMILIES = {
-    "resnet": Family(heads=("fc",), first_conv="conv1"),
-    "densenet": Family(heads=("classifier",), first_conv="features.conv0"),
-    "vgg": Family(heads=("classifier.6",), first_conv="features.0"),
-    "squeezenet": Family(heads=("classifier.1",), first_conv="features.0"),
-    "inception": Family(heads=("fc", "AuxLogits.fc"), first_conv="Conv2d_1a_3x3.conv"),
+    "resnet": Family(first_conv="conv1", heads={
+        "torchvision": Head(("fc",), "global average pool -> Linear(features, C)")}),
+    "densenet": Family(first_conv="features.conv0", heads={
+        "torchvision": Head(("classifier",), "ReLU -> global average pool -> Linear(features, C)")}),
+    "vgg": Family(first_conv="features.0", heads={
+        "torchvision": Head(("classifier.6",), "7x7 adaptive average pool -> Linear(25088, 4096) -> ReLU -> Dropout "
+                                               "-> Linear(4096, 4096) -> ReLU -> Dropout -> Linear(4096, C)"),
+        "small": Head(("classifier",), "global average pool -> Linear(512, 512) -> ReLU -> Dropout -> Linear(512, C)",
+                      _vgg_small_head)}),
+    "squeezenet": Family(first_conv="features.0", heads={
+        "torchvision": Head(("classifier.1",), "Dropout -> 1x1 conv (512 -> C) -> ReLU -> global average pool "
+                                               "(logits >= 0)"),
+        "small": Head(("classifier.1",), "Dropout -> 1x1 conv (512 -> C) -> global average pool (no ReLU: logits "
+                                         "can be negative)", _squeezenet_small_head)}),
+    "inception": Family(first_conv="Conv2d_1a_3x3.conv", heads={
+        "torchvision": Head(("fc", "AuxLogits.fc"), "global average pool -> Dropout -> Linear(2048, C); auxiliary "
+                                                    "head on Mixed_6e -> Linear(768, C) while training")}),
 }
 
 
@@ -63,8 +132,13 @@ class ModelInfo:
 
     @property
     def layout(self) -> Family:
-        """Where this model's head(s) and first convolution are."""
+        """Where this model's first convolution is, and its heads."""
         return FAMILIES[self.family]
+
+    @property
+    def heads(self) -> dict[str, str]:
+        """The heads this model can be built with (``create_model``'s ``head``): {name: one-line description}."""
+        return {kind: head.description for kind, head in self.layout.heads.items()}
 
 
 MODELS = Registry("model")
@@ -218,52 +292,90 @@ def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_file(model: nn.Module, family: Family, path: Path) -> list[str]:
-    """Load a state dict into ``model``; head tensors of another shape are dropped. Returns dropped keys."""
+def _load_file(model: nn.Module, name: str, kind: str, path: Path) -> list[str]:
+    """Load a state dict into ``model`` (``name`` built with head ``kind``); returns the dropped head keys.
+
+    Head tensors that do not fit (another shape, or a key this head lacks) are dropped; any other
+    mismatch is a ValueError.
+    """
+    family = model_info(name).layout
     state = _file_state_dict(path)
     own = model.state_dict()
     conv_key = f"{family.first_conv}.weight"
     if conv_key in state and state[conv_key].shape[1] == 3 and own[conv_key].shape[1] != 3:
         state[conv_key] = adapt_first_conv(state[conv_key], own[conv_key].shape[1])
-    head_keys = tuple(f"{h}." for h in family.heads)
-    dropped = [k for k, v in state.items() if k.startswith(head_keys) and k in own and v.shape != own[k].shape]
+    head_keys = tuple(f"{h}." for h in family.heads[kind].paths)
+    dropped = [k for k, v in state.items() if k.startswith(head_keys) and (k not in own or v.shape != own[k].shape)]
     state = {k: v for k, v in state.items() if k not in dropped}
     missing = sorted(set(own) - set(state) - set(dropped))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
     if missing or unexpected or wrong:
+        other = [h for h in family.heads if h != kind]
+        hint = (f"; this {name} has the {kind!r} head: weights saved from one with the {other[0]!r} head "
+                f"load with head={other[0]!r}") if other else ""
         raise ValueError(
             f"weights in {path} do not fit this model: {len(missing)} missing {missing[:5]}, "
-            f"{len(unexpected)} unexpected {unexpected[:5]}, {len(wrong)} of another shape {wrong[:5]}"
+            f"{len(unexpected)} unexpected {unexpected[:5]}, {len(wrong)} of another shape {wrong[:5]}{hint}"
         )
     model.load_state_dict(state, strict=False)
     return dropped
 
 
+def resolve_head(name: str, pretrained: bool | str | os.PathLike | None = False, head: str = "auto") -> str:
+    """The head ``create_model(name, ..., pretrained=pretrained, head=head)`` builds: "torchvision" or "small".
+
+    ``head="auto"`` is "small" from scratch (``pretrained`` False or None) where the family has a small head
+    (:attr:`ModelInfo.heads`), otherwise "torchvision": loaded weights were trained with torchvision's head.
+    ValueError for an unknown model, a head outside :data:`HEAD_CHOICES` or one the family lacks.
+    """
+    info = model_info(name)
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head must be one of {', '.join(map(repr, HEAD_CHOICES))}, got {head!r}")
+    if head == "auto":
+        return "small" if not pretrained and "small" in info.heads else "torchvision"
+    if head not in info.heads:
+        raise ValueError(f"{name} has no {head!r} head; its heads: {', '.join(map(repr, info.heads))} (or 'auto')")
+    return head
+
+
+def built_head(model: nn.Module) -> str:
+    """The head a model from ``create_model`` has: "small" when it holds a :class:`SmallHead`, else "torchvision"."""
+    return "small" if any(isinstance(m, SmallHead) for m in model.modules()) else "torchvision"
+
+
 def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLike = False,
-                 in_chans: int = 3) -> nn.Module:
+                 in_chans: int = 3, head: str = "auto") -> nn.Module:
     """Build registered model ``name`` with a fresh head for ``num_classes`` classes.
 
     pretrained: False (random init); True (torchvision's default ImageNet weights from the torch hub cache,
     ``$TORCH_HOME/hub/checkpoints``; FileNotFoundError when absent, never a download or a silent random
     init); or a path to a ``.pth``/``.pt`` state dict or a medzoo checkpoint (a dict whose ``"model"``
-    holds the state dict). From a file, head tensors whose shape differs (another class count) are
-    dropped with a warning naming them, and the head keeps its fresh init; any other mismatch is a
-    ValueError. in_chans != 3 replaces the first convolution, its filters adapted from the RGB ones
-    (see ``adapt_first_conv``). Input [B, in_chans, H, W] with H, W >= ``model_info(name).min_size``.
+    holds the state dict). From a file, head tensors that do not fit the head (another class count, a
+    key it lacks) are dropped with a warning naming them, and the head keeps its fresh init; any other
+    mismatch is a ValueError. in_chans != 3 replaces the first convolution, its filters adapted from the RGB
+    ones (see ``adapt_first_conv``). head: "torchvision" (the architecture ImageNet weights fit), "small"
+    (medzoo's head for training from scratch, where the family has one: :attr:`ModelInfo.heads`) or "auto"
+    (:func:`resolve_head`: "small" from scratch, "torchvision" with weights). Input [B, in_chans, H, W]
+    with H, W >= ``model_info(name).min_size`` -> logits [B, num_classes] (see :func:`forward_logits`).
     """
     info = model_info(name)
     if num_classes < 1 or in_chans < 1:
         raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes} and {in_chans}")
-    family = info.layout
-    model = MODELS[name].target()
     from_file = isinstance(pretrained, (str, os.PathLike))
     if not (from_file or isinstance(pretrained, bool) or pretrained is None):
         raise ValueError(f"pretrained must be True, False or a path, got {pretrained!r}")
+    kind = resolve_head(name, pretrained, head)
+    family = info.layout
+    model = MODELS[name].target()
     if pretrained is True:
         model.load_state_dict(_imagenet_state_dict(name))
-    for head in family.heads:
-        _set(model, head, _new_head(model.get_submodule(head), num_classes))
+    spec = family.heads[kind]
+    if spec.build is None:
+        for path in spec.paths:
+            _set(model, path, _new_head(model.get_submodule(path), num_classes))
+    else:
+        spec.build(model, num_classes)
     if info.family == "squeezenet":
         model.num_classes = num_classes
     if in_chans != 3:
@@ -271,16 +383,17 @@ def create_model(name: str, num_classes: int, pretrained: bool | str | os.PathLi
         if info.family == "inception":
             model.transform_input = False  # it mixes exactly three RGB channels
     if from_file:
-        dropped = _load_file(model, family, Path(pretrained))
+        dropped = _load_file(model, name, kind, Path(pretrained))
         if dropped:
-            warnings.warn(f"{name}: head weights of another shape not loaded from {pretrained}: "
+            warnings.warn(f"{name}: head weights that do not fit its {kind!r} head not loaded from {pretrained}: "
                           f"{', '.join(dropped)} (they keep their fresh initialisation)", stacklevel=2)
     return model
 
 
 def head_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
-    """Parameters of the classification head(s) of a model built by ``create_model(name, ...)``."""
-    return [p for head in model_info(name).layout.heads for p in model.get_submodule(head).parameters()]
+    """Parameters of the classification head(s) of a model built by ``create_model(name, ...)``, either head."""
+    paths = model_info(name).layout.heads[built_head(model)].paths
+    return [p for path in paths for p in model.get_submodule(path).parameters()]
 
 
 def set_backbone_trainable(model: nn.Module, name: str, trainable: bool) -> None:
