@@ -89,11 +89,12 @@ def synchronize(device: str | torch.device) -> None:
 
 
 def make_model(name: str, seed: int = 0, device: str | torch.device = "cpu",
-               channels_last: bool = False) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """``(model, AdamW at lr 1e-4)``: a 2-class ``name`` seeded with ``seed``, in train mode on ``device``."""
+               channels_last: bool = False, head: str = "auto") -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """``(model, AdamW at lr 1e-4)``: a 2-class ``name`` (with ``head``) seeded with ``seed``, in train mode on
+    ``device``."""
     torch.manual_seed(seed)
     layout = torch.channels_last if channels_last else torch.preserve_format
-    model = create_model(name, num_classes=2).to(device, memory_format=layout).train()
+    model = create_model(name, num_classes=2, head=head).to(device, memory_format=layout).train()
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 

@@ -295,3 +295,11 @@ def test_checkpoint_without_head_key_is_torchvisions(tmp_path):
                           tmp_path / "best.pt")
     rebuilt, _ = model_from_checkpoint(old)
     assert built_head(rebuilt) == "torchvision" and isinstance(rebuilt.classifier[2], torch.nn.ReLU)
+
+
+def test_the_head_speed_benchmark_compares_both_heads(capsys):
+    from medzoo.benchmarks import speed_heads
+
+    assert speed_heads.main(["--models", "squeezenet1_1", "--batches", "1", "--batch-size", "2", "--threads", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[:3] == ["squeezenet1_1", "0.72", "0.72"] and float(row[-1]) > 0
