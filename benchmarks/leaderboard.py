@@ -517,7 +517,8 @@ def to_markdown(frame: pd.DataFrame) -> str:
                      f"{copies}")
     if repeats:
         lines.append(f"- Repeats: {len(repeats)} ({', '.join(repeats)}); every number is the mean over the repeats, "
-                     f"± the sd across them; each repeat's rows: leaderboard_repeats.csv")
+                     f"± the sd across them (a 95% CI is the mean of the repeats' bootstrap intervals); each repeat's rows: "
+                     f"leaderboard_repeats.csv")
     if info.get("out_of_fold"):
         lines.append(f"- val: out-of-fold over all {info.get('n_val')} train+val images ({info.get('folds')} folds; "
                      f"each image scored by the fold model that did not train on it); test: the mean of the fold "
