@@ -254,7 +254,7 @@ def collect(run_dir: str | Path, threshold: str | float = "youden", bootstrap: i
         frame, shown, best_name, repeats, extra = _aggregate(per, notes)
     else:
         group, rows, best = per[None]
-        _fold_spreads(group, rows, folds)
+        _fold_spreads(group, rows)
         frame, shown = pd.DataFrame(rows), {(e.kind, e.name): e for e in group}
         frame["delong_p_holm"] = metrics.holm(_others(frame, best.name if best else None, "delong_p"))
         best_name = best.name if best else None
@@ -315,7 +315,7 @@ def _fold_assignment(run_dir: Path, entries: list[Entry]) -> dict[str, int]:
     return next((read_folds(p) for p in paths if p.is_file()), {})
 
 
-def _fold_spreads(entries: list[Entry], rows: list[dict], folds: dict[str, int]) -> None:
+def _fold_spreads(entries: list[Entry], rows: list[dict]) -> None:
     """``test_auc_fold_sd`` (spread of the fold models' own test AUCs) of every entry that has them, in place."""
     for e, row in zip(entries, rows):
         aucs = [metrics.auc_score(t.labels, t.probs) for t in e.fold_tests.values() if t.has_labels]
@@ -395,10 +395,8 @@ def _repeated_delong(per: dict, frame: pd.DataFrame, best: str, notes: list[str]
     usable = [key for key in keys if all(t is not None for t in tables[key])]
     if ("member", best) not in usable:
         return
-    stacks = []
-    for r in range(len(per)):
-        ids, _, probs, labels = align([tables[key][r] for key in usable])
-        stacks.append(probs)
+    aligned = [align([tables[key][r] for key in usable]) for r in range(len(per))]
+    labels, stacks = aligned[0][3], [probs for _, _, probs, _ in aligned]
     try:
         _, delta, p, _ = metrics.repeated_delong(labels, np.stack(stacks), usable.index(("member", best)))
     except ValueError as err:

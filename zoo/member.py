@@ -409,14 +409,11 @@ def _finish(tr: _Trainer, run: RunDir) -> dict:
         _keep_swa(tr)
     kept = ([tr.files.snapshot(j) for j in range(1, m.train.snapshots + 1)] if m.train.snapshots > 1
             else [tr.files.best])
-    aucs = {}
+    aucs, dead = {}, False
     for entry, path in zip(u.entries, kept):
         model, ckpt = model_from_checkpoint(path, tr.device)
-        aucs[entry] = _write_tables(tr, run, entry, model, ckpt, path)
+        aucs[entry], dead = _write_tables(tr, run, entry, model, ckpt, path)
     last = aucs[u.entries[-1]]
-    dead = last.pop("near_chance")
-    for a in aucs.values():
-        a.pop("near_chance", None)
     minutes = sum(h["seconds"] for h in tr.run.history) / 60
     done = {"member": m.id, "unit": u.name, "model": m.model, "size": m.size, "seed": u.seed, "fold": u.fold,
             "entries": {e: a for e, a in aucs.items()}, "val_auc": last["val"], "test_auc": last.get("test"),
@@ -450,12 +447,12 @@ def _keep_swa(tr: _Trainer) -> None:
 
 
 def _write_tables(tr: _Trainer, run: RunDir, entry: str, model: nn.Module, ckpt: dict,
-                  path: Path) -> dict[str, float | None]:
+                  path: Path) -> tuple[dict[str, float | None], bool]:
     """The val and test probability tables of one kept checkpoint (``model`` rebuilt from ``ckpt`` at ``path``).
 
     Written as member tables ``entry``, or for a fold unit into its own folder (val: its held-out
-    fold). Returns ``{split: ROC-AUC}`` (None for a split with unknown labels) and ``near_chance``
-    (:func:`~medzoo.ensemble.auc.near_chance` of the val table). Tables are
+    fold). Returns ``({split: ROC-AUC}, near chance)``: None for a split with unknown labels, and whether the
+    val table is within noise of chance (:func:`~medzoo.ensemble.auc.near_chance`). Tables are
     predicted in full precision (no autocast): bf16/fp16 logits would tie confident images and
     blur every AUC computed from the tables.
     """
@@ -464,7 +461,7 @@ def _write_tables(tr: _Trainer, run: RunDir, entry: str, model: nn.Module, ckpt:
         model = model.to(memory_format=torch.channels_last)
     sha = file_digest(path)
     flips = tta_flips(m.train.tta, m.train.augment.vflip)
-    aucs = {}
+    aucs, dead = {}, False
     for split, arrays in tr.data.items():
         if split == "train":
             continue
@@ -473,7 +470,7 @@ def _write_tables(tr: _Trainer, run: RunDir, entry: str, model: nn.Module, ckpt:
         known = arrays.labels >= 0
         aucs[split] = validation_auc(arrays.labels[known], probs[known]) if known.all() else None
         if split == "val":
-            aucs["near_chance"] = bool(near_chance(probs, arrays.labels))
+            dead = bool(near_chance(probs, arrays.labels))
         if tr.dist.is_main:
             meta = {"member": entry, "model": m.model, "split": split, "dataset": ckpt["dataset"], "checkpoint": sha,
                     "size": m.size, "tta": m.train.tta, "config": asdict(m), "units": [u.name], "seed": u.seed}
@@ -481,7 +478,7 @@ def _write_tables(tr: _Trainer, run: RunDir, entry: str, model: nn.Module, ckpt:
                 meta["fold"] = u.fold
             dest = tr.files.table(entry, split) if u.fold is not None else run.table("member", entry, split)
             ProbabilityTable(list(arrays.ids), ckpt["classes"], probs, arrays.labels, meta).write(dest)
-    return aucs
+    return aucs, dead
 
 
 def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
