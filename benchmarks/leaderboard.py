@@ -523,7 +523,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
                      f"models (bagged)" + ("; test ± : sd of the fold models' own test AUCs" if not repeats else ""))
     rho = [r for r in info.get("rank_spearman") or [] if math.isfinite(r)]
     if rho:
-        lines.append(f"- Spearman correlation of validation and test ranks: " + (
+        lines.append("- Spearman correlation of validation and test ranks: " + (
             f"{rho[0]:.2f}" if len(rho) == 1 else f"{np.mean(rho):.2f} (mean over repeats; from {min(rho):.2f} "
                                                    f"to {max(rho):.2f})"))
     picked, margins = info.get("pick_was_test_best") or [], info.get("ensemble_margins") or []
