@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.test_train import read_history, tiny_config
@@ -16,9 +17,10 @@ class Killed(BaseException):
     """Stands in for a kill: not an Exception, so nothing on the way catches it."""
 
 
-def test_killed_run_resumes_to_the_same_weights_and_history(tmp_path):
+@pytest.mark.parametrize("mix", [{}, {"mixup": 0.4, "cutmix": 1.0}], ids=["plain", "mixed"])
+def test_killed_run_resumes_to_the_same_weights_and_history(tmp_path, mix):
     cfg = load_config(tiny_config(tmp_path, epochs=3, augment={"hflip": True, "zoom": 0.2}, optimizer="sgd",
-                                  schedule="cosine", warmup_epochs=1))
+                                  schedule="cosine", warmup_epochs=1, **mix))
     member = cfg.members[0]
     train_member(cfg, member, tmp_path / "ref", progress=False)
     ref_dir = tmp_path / "ref" / "members" / member.id

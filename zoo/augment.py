@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -141,3 +142,31 @@ def augment_batch(x: torch.Tensor, cfg: dict | None, generator: torch.Generator,
         theta = random_affine(n, h, w, cfg, generator).to(x.device, non_blocking=True)
         x = F.grid_sample(x, affine_grid(theta, h, w), mode="bilinear", padding_mode="zeros", align_corners=False)
     return x
+
+
+
+def mix_batch(x: torch.Tensor, mixup: float, cutmix: float, rng: np.random.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mix a normalised batch with a permutation of itself: mixup (Zhang et al. 2018) or cutmix (Yun et al. 2019).
+
+    x: float [B, 3, H, W]. ``mixup``, ``cutmix``: the alpha of the Beta(alpha, alpha) mixing weight,
+    0 = off; with both on, each batch takes one of the two with probability 1/2 (as timm's ``Mixup``).
+    Returns ``(x_mixed, perm [B] int64 on x's device, lam)``: the loss is ``lam * L(y) + (1 - lam) * L(y[perm])``.
+    mixup: ``lam x + (1 - lam) x[perm]``. cutmix: a box of area ``1 - lam`` (centre uniform, clipped at the
+    border) pasted from ``x[perm]``, lam then recomputed from the clipped box. One lam per batch, drawn
+    from ``rng`` with the permutation, so a batch is reproducible from the generator's state.
+    """
+    n, _, h, w = x.shape
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(n)).to(x.device, non_blocking=True)
+    if not use_cutmix:
+        return x.mul(lam).add_(x.index_select(0, perm), alpha=1.0 - lam), perm, lam
+    side = math.sqrt(1.0 - lam)
+    cy, cx = rng.random() * h, rng.random() * w
+    top, bottom = max(0, round(cy - side * h / 2)), min(h, round(cy + side * h / 2))
+    left, right = max(0, round(cx - side * w / 2)), min(w, round(cx + side * w / 2))
+    out = x.clone()
+    out[:, :, top:bottom, left:right] = x.index_select(0, perm)[:, :, top:bottom, left:right]
+    return out, perm, 1.0 - (bottom - top) * (right - left) / (h * w)

@@ -93,6 +93,11 @@ class BatchLoader:
         """Choose the epoch whose order and augmentation the next iteration uses."""
         self.epoch = int(epoch)
 
+    def epoch_rng(self, stream: int) -> np.random.Generator:
+        """A numpy generator of the current (seed, epoch, rank) for another random stream of the epoch (>= 2;
+        0 and 1 are the order and the augmentation), such as batch mixing."""
+        return np.random.default_rng(_seed(self.seed, self.epoch, stream, self.rank))
+
     def shard(self, epoch: int | None = None) -> torch.Tensor:
         """This rank's row indices for an epoch (default: the current one) -> int64 [ceil(N / world_size)]."""
         epoch = self.epoch if epoch is None else epoch

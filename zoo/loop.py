@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from typing import Callable
@@ -125,6 +126,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler=None) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def _mixed_loss(loss_fn, logits: torch.Tensor, y: torch.Tensor, *, y2: torch.Tensor, lam: float) -> torch.Tensor:
+    """The loss of a mixed batch: ``lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, y2)``."""
+    return lam * loss_fn(logits, y) + (1.0 - lam) * loss_fn(logits, y2)
+
+
 def _backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, device: torch.device, scaler,
               amp_dtype, accumulate: int) -> torch.Tensor:
     """Forward ``x [B,3,H,W]`` (autocast on ``device`` when ``amp_dtype``), add the auxiliary loss of ``y [B]``,
@@ -140,13 +146,16 @@ def _backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, *, de
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=None, scaler=None, amp_dtype=None,
-                    accumulate: int = 1, max_batches: int = 0, on_batch: Callable | None = None,
-                    on_step: Callable | None = None, progress: bool = True, desc: str = "train") -> dict:
+                    accumulate: int = 1, max_batches: int = 0, mix: Callable | None = None,
+                    on_batch: Callable | None = None, on_step: Callable | None = None, progress: bool = True,
+                    desc: str = "train") -> dict:
     """One pass over ``loader`` (yielding ``x [B,3,H,W], y [B], idx [B]``); returns loss and throughput.
 
     Gradients are accumulated over ``accumulate`` batches per optimizer step (without DDP
     gradient sync on the intermediate ones). A per-step ``scheduler`` (LambdaLR) steps after
-    each optimizer step, then ``on_step()`` (an EMA update). ``on_batch(i, idx)`` is called after each batch. Returns
+    each optimizer step, then ``on_step()`` (an EMA update). ``mix(x) -> (x, perm [B], lam)`` mixes each batch
+    (``zoo.augment.mix_batch``), the loss then being ``lam L(y) + (1 - lam) L(y[perm])``. ``on_batch(i, idx)``
+    is called after each batch. Returns
     ``{"loss", "images", "seconds", "images_per_s", "steps"}``.
     """
     model.train()
@@ -163,8 +172,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer, loss_fn, *, scheduler=N
         if i >= n_batches:
             break
         step_now = (i + 1) % accumulate == 0 or i + 1 == n_batches
+        batch_loss = loss_fn
+        if mix is not None:
+            x, perm, lam = mix(x)
+            batch_loss = functools.partial(_mixed_loss, loss_fn, y2=y.index_select(0, perm), lam=lam)
         with (contextlib.nullcontext() if step_now else sync_free()):
-            loss = _backward(model, x, y, loss_fn, device=device, scaler=scaler, amp_dtype=amp_dtype,
+            loss = _backward(model, x, y, batch_loss, device=device, scaler=scaler, amp_dtype=amp_dtype,
                              accumulate=accumulate)
         if step_now:
             optimizer_step(optimizer, scaler)
