@@ -26,7 +26,11 @@ Each member trains as one or more *units* (:meth:`ZooConfig.units`): one per see
 the end of each cycle). ``average = "ema"`` keeps (and validates) an exponential moving average
 of the weights (``ema_decay`` per optimizer step), ``average = "swa"`` the mean of the weights
 at the end of every epoch from ``swa_start`` (a fraction of the epochs) on, with its batch-norm
-statistics recomputed (``torch.optim.swa_utils``). Names: a unit's folder is ``<id>[@s<seed>][@f<k>]`` (k from 1), the
+statistics recomputed (``torch.optim.swa_utils``). ``mixup = alpha`` and ``cutmix = alpha`` mix each
+training batch with a permutation of itself (Beta(alpha, alpha) weights; both: one of the two per
+batch, :func:`medzoo.zoo.augment.mix_batch`). ``tensorboard = true`` (the ``medzoo[tensorboard]``
+extra) also logs each unit's per-epoch history to ``members/<unit>/tensorboard/``
+(:mod:`medzoo.zoo.tblog`). Names: a unit's folder is ``<id>[@s<seed>][@f<k>]`` (k from 1), the
 member tables it feeds are ``<id>[.snap<j>][@s<seed>]``; ``@`` is reserved for these tags.
 
 ``[ensemble]``, ``[leaderboard]`` and ``[submission]`` are kept as plain
@@ -42,6 +46,7 @@ from typing import Any
 
 from medzoo.core.names import unknown_name
 from medzoo.core.rundir import TAG
+from medzoo.zoo.tblog import INSTALL_HINT, tensorboard_installed
 from medzoo.zoo.tomlfile import merge_tables
 
 CHOICES = {
@@ -102,6 +107,9 @@ class TrainConfig:
     average: str = "none"
     ema_decay: float = 0.999
     swa_start: float = 0.75
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    tensorboard: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -253,6 +261,7 @@ def parse_config(raw: dict, overrides: dict | None = None, source: str | None = 
             raise ValueError(f"member id {m.id!r} is used twice; give each [[members]] a unique id = \"...\"")
         seen.add(m.id)
     _check_repeats(members)
+    _check_tensorboard(members)
     return ZooConfig(members=members, train=defaults, source=source, **kwargs)
 
 
@@ -285,6 +294,14 @@ def _check_repeats(members: tuple[MemberConfig, ...]) -> None:
     if len(lists) > 1:
         raise ValueError(f"repeated members have different seeds {sorted(lists)}; give every repeated member the "
                          f"same list (a member with one seed is shared by every repeat)")
+
+
+def _check_tensorboard(members: tuple[MemberConfig, ...]) -> None:
+    """Members with ``tensorboard = true`` need the tensorboard package, looked for without importing it."""
+    wanting = [m.id for m in members if m.train.tensorboard]
+    if wanting and not tensorboard_installed():
+        raise ValueError(f"tensorboard = true (member(s) {', '.join(wanting)}) needs the tensorboard package, which "
+                         f"is not installed: {INSTALL_HINT}, or set tensorboard = false")
 
 
 def parse_train(raw: dict, where: str) -> TrainConfig:
@@ -323,14 +340,15 @@ def config_differences(recorded: dict, given: dict) -> list[str]:
     Both are :meth:`ZooConfig.to_dict` dicts; members are matched by id. ``source`` and
     ``data_root`` are not compared (the same run may be continued from another folder or
     machine), and keys that ``recorded`` lacks inside a member or section it has are taken as
-    matching: a run folder written by an older medzoo did not know them. Returns e.g.
+    matching: a run folder written by an older medzoo did not know them. ``tensorboard`` is not compared
+    either: it only adds a view of the history, so a run may be resumed with it switched on or off. Returns e.g.
     ``["members.resnet18.train.epochs: 10 in the run folder, 5 now", "members.vgg11: not in the run folder"]``.
     """
     old, new = _flatten(recorded), _flatten(given)
     old_members = {m.get("id") for m in recorded.get("members", [])}
     out = []
     for key in sorted(old.keys() | new.keys()):
-        if key.split(".")[0] in ("source", "data_root"):
+        if key.split(".")[0] in ("source", "data_root") or key.endswith("train.tensorboard"):
             continue
         if key == "dataset" and key in old and key in new and _same_dataset(old[key], new[key]):
             continue
@@ -413,7 +431,7 @@ def _parse_augment(raw: dict, where: str) -> AugmentConfig:
 
 def _check_ranges(cfg: TrainConfig, where: str) -> None:
     positive = ("epochs", "batch_size", "accumulate", "lr", "snapshots")
-    non_negative = ("weight_decay", "momentum", "warmup_epochs", "focal_gamma", "patience",
+    non_negative = ("weight_decay", "momentum", "warmup_epochs", "focal_gamma", "patience", "mixup", "cutmix",
                     "unfreeze_after", "max_train_batches", "plateau_patience", "effective_batch")
     for k in positive:
         if getattr(cfg, k) <= 0:

@@ -4,15 +4,17 @@ resume it, run its epochs, predict its tables.
 The unit's files are those of :class:`~medzoo.core.rundir.MemberDir`: the resume checkpoint
 (everything needed to continue), the best checkpoint (weights with the best validation ROC-AUC;
 under ``[cv]`` and for snapshot members the last epoch's, since their validation images are
-scored and must not pick the weights), one checkpoint per snapshot, the history and curves and,
-when finished, the done record. Its probability tables are the run folder's member tables
-(``RunDir.table("member", entry, split)``, val and test), or for a fold unit its own
+scored and must not pick the weights), one checkpoint per snapshot, the history and curves (and with
+``tensorboard = true`` its TensorBoard view, :mod:`medzoo.zoo.tblog`) and, when finished, the done
+record. Its probability tables are the run folder's member tables (``RunDir.table("member", entry,
+split)``, val and test), or for a fold unit its own
 (``MemberDir.table``), which :mod:`medzoo.zoo.crossval` assembles. Every write is atomic, so a
 run killed at any moment resumes from its last completed epoch. Under ``torchrun`` one unit
 trains with DistributedDataParallel; only rank 0 writes files.
 """
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import time
@@ -34,6 +36,7 @@ from medzoo.zoo import distributed
 from medzoo.zoo.checkpoint import (load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                    set_rng_state)
 from medzoo.zoo import crossval
+from medzoo.zoo.augment import mix_batch
 from medzoo.zoo.config import MemberConfig, Unit, ZooConfig
 from medzoo.zoo.curves import plot_curves, write_history
 from medzoo.zoo.datasets import Dataset, SplitArrays, load_arrays, open_dataset
@@ -43,6 +46,9 @@ from medzoo.zoo.loop import (accumulation_steps, amp_setup, class_weights, make_
                              train_one_epoch, validation_auc)
 from medzoo.zoo.models import ModelInfo, create_model, model_info, resolve_head, set_backbone_trainable
 from medzoo.zoo.predict import predict_probs, tta_flips
+from medzoo.zoo.tblog import Board
+
+MIX_STREAM = 2  # the loader's random stream (BatchLoader.epoch_rng) that batch mixing draws from
 
 
 def logger_for(log: Callable[[str], None] | None, is_main: bool) -> Callable[[str], None]:
@@ -154,6 +160,7 @@ class _Trainer:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     static: dict
     averaged: AveragedModel | None = None
+    board: Board | None = None
     run: _Run = field(default_factory=_Run)
 
     @property
@@ -206,7 +213,13 @@ def train_member(cfg: ZooConfig, unit: Unit | MemberConfig | str, run_dir: str |
     tr = _prepare(cfg, unit, run, log)
     _resume(tr)
     _say_plan(tr)
-    _train_epochs(tr, progress, on_batch, on_epoch)
+    if unit.member.train.tensorboard and tr.dist.is_main:
+        tr.board = Board(tr.files.folder, tr.run.history)
+    try:
+        _train_epochs(tr, progress, on_batch, on_epoch)
+    finally:
+        if tr.board is not None:
+            tr.board.close()
     distributed.barrier()
     return _finish(tr, run)
 
@@ -352,10 +365,14 @@ def _epoch(tr: _Trainer, model: nn.Module, progress: bool, on_batch: Callable | 
     lr = tr.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     ema = tr.averaged if t.average == "ema" else None
+    mix = None
+    if t.mixup or t.cutmix:
+        rng = tr.loader.epoch_rng(MIX_STREAM)
+        mix = functools.partial(mix_batch, mixup=t.mixup, cutmix=t.cutmix, rng=rng)
     with distributed.peer_errors(tr.cfg.dist_timeout):
         stats = train_one_epoch(model, tr.loader, tr.optimizer, tr.loss_fn, scheduler=tr.scheduler, scaler=tr.scaler,
                                 amp_dtype=tr.amp_dtype, accumulate=tr.accumulate, max_batches=t.max_train_batches,
-                                on_batch=on_batch, on_step=(lambda: ema.update_parameters(tr.model)) if ema else None,
+                                mix=mix, on_batch=on_batch, on_step=(lambda: ema.update_parameters(tr.model)) if ema else None,
                                 progress=progress and tr.dist.is_main, desc=f"{tr.unit.name} {epoch + 1}/{t.epochs}")
         distributed.broadcast_buffers(tr.model)
         if t.average == "swa" and epoch + 1 >= tr.swa_from:
@@ -390,6 +407,8 @@ def _save_epoch(tr: _Trainer, improved: bool) -> None:
     if improved:
         save_checkpoint(state, tr.files.best)
     write_history(tr.run.history, tr.files.history)
+    if tr.board is not None:
+        tr.board.log(tr.run.history[-1])
     plot_curves(tr.run.history, tr.files.curves, f"{tr.unit.name} ({m.model}, {m.size}px)")
 
 
