@@ -12,7 +12,7 @@ CONFIG ?= benchmarks/pneumoniamnist.toml
 $(BIN)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,explain,tensorboard]'
 	touch $@
 
 setup: $(BIN)/.installed

@@ -13,19 +13,24 @@ import time
 from pathlib import Path
 
 import numpy
+import pandas as pd
 import sklearn
 import torch
 import torchvision
 
 from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
+from medzoo.benchmarks.report import write_report
 from medzoo.benchmarks.submission import get_format, submit_run
-from medzoo.core.fileio import clean_stale_temps, write_json
-from medzoo.core.rundir import RunDir
+from medzoo.core.fileio import clean_stale_temps, write_json, write_text
+from medzoo.core.rundir import TAG, RunDir
 from medzoo.ensemble.run import build_ensembles
+from medzoo.zoo.apply import run_entries
 from medzoo.zoo.check import check
 from medzoo.zoo.config import ZooConfig
 from medzoo.zoo.datasets import load_card
 from medzoo.zoo.device import resolve_device
+from medzoo.zoo.embedding import default_member, embed_run
+from medzoo.zoo.explain import explain_run
 from medzoo.zoo.schedule import resolve_run, train_zoo
 
 
@@ -51,7 +56,8 @@ def environment(device: str) -> dict:
 
 def run_bench(cfg: ZooConfig, results_dir: str | Path = "results", members=None, log=print, *,
               format: str | None = None, extend: bool = False, estimate: bool = True) -> dict:
-    """Run every stage of one config; return ``{"run_dir", "stages", "check", "train", "leaderboard", "submission"}``.
+    """Run every stage of one config; return ``{"run_dir", "stages", "check", "train", "leaderboard", "submission",
+    "report"}`` (the path of ``report.html``).
 
     Nothing is written before the whole config is valid, the run folder fits it (a different
     ``config.json`` there is refused unless ``extend``) and :func:`medzoo.zoo.check.check` has
@@ -61,6 +67,7 @@ def run_bench(cfg: ZooConfig, results_dir: str | Path = "results", members=None,
     failed or are being trained elsewhere are named; the later stages use the members that are
     done, and say which are missing. ``cfg`` comes from :func:`medzoo.config.load_config`;
     ``format`` overrides the submission format (it, or else the card's, is checked first too).
+    The config file itself (``cfg.source``) is kept as ``config.toml``, which the report quotes.
     """
     run = RunDir.of(results_dir, cfg.run)
     run_dir = run.path
@@ -76,6 +83,8 @@ def run_bench(cfg: ZooConfig, results_dir: str | Path = "results", members=None,
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(run_dir, older_than=cfg.claim_timeout, recursive=True)
     write_json(run.environment_json, environment(str(resolve_device(cfg.device))))
+    if cfg.source and Path(cfg.source).is_file():
+        write_text(run.config_toml, Path(cfg.source).read_text())
     history = read_stage_history(run.stages_json)
     history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": stages})
 
@@ -95,8 +104,45 @@ def run_bench(cfg: ZooConfig, results_dir: str | Path = "results", members=None,
     board = stage("leaderboard", lambda: write_leaderboard(run_dir, **config_options(run_dir)))
     log(to_terminal(board))
     submission = stage("submission", lambda: submit_run(run_dir, format))
+
+    def report_stage() -> Path:
+        inspect_run(run_dir, board, log)
+        return write_report(run_dir)
+
+    page = stage("report", report_stage)
     return {"run_dir": run_dir, "stages": stages, "check": report, "train": trained, "leaderboard": board,
-            "submission": submission}
+            "submission": submission, "report": page}
+
+
+def inspect_run(run_dir: str | Path, board: pd.DataFrame, log=print) -> None:
+    """What the report shows beyond the board: Grad-CAM heatmaps (``explain/<entry>/``) of the board's rank-1
+    entry and of one table per member (a repeated run's first repeat), and the embedding view of the best member.
+
+    Each is skipped with a line when it cannot be made: the explain extra is not installed, or there is
+    nothing to pick (no labelled test or validation images).
+    """
+    rd = RunDir(run_dir)
+    entries = run_entries(rd)
+    top = next((e for e in entries if e.split(TAG)[0] == board["entry"].iloc[0]), None)
+    per_member = {}
+    for entry, kind in entries.items():
+        if kind == "member":
+            per_member.setdefault(entry.split(TAG)[0], entry)
+    for entry in dict.fromkeys([*([top] if top else []), *per_member.values()]):
+        try:
+            result = explain_run(rd.path, entry, per_group=4)
+        except (ImportError, ValueError) as e:
+            log(f"heatmaps of {entry} skipped: {e}")
+            if isinstance(e, ImportError):
+                break
+            continue
+        log(f"heatmaps of {entry}: {len(result.picks)} images -> {result.grid}")
+    try:
+        view = embed_run(rd.path, default_member(rd.path))
+    except ValueError as e:
+        log(f"embedding view skipped: {e}")
+    else:
+        log(f"embedding view: {view.png}")
 
 
 def read_stage_history(path: Path) -> list[dict]:

@@ -132,6 +132,15 @@ def plot_class_counts(counts: np.ndarray, splits: Sequence[str], names: Sequence
     return _save(fig, Path(path))
 
 
+def plot_dataset_counts(dataset, path: str | Path) -> Path:
+    """A dataset's (``medzoo.zoo.datasets.Dataset``) images per class, and unlabeled when any, per split."""
+    counts = np.stack([dataset.class_counts(s) for s in dataset.splits])
+    names = [*dataset.classes, "unlabeled"]
+    if not counts[:, -1].any():
+        counts, names = counts[:, :-1], names[:-1]
+    return plot_class_counts(counts, dataset.splits, names, f"{dataset.name}: images per class and split", path)
+
+
 def plot_training_curves(histories: dict[str, pd.DataFrame], path: str | Path) -> Path:
     """One panel per history column (train loss, validation loss, validation AUC), one line per member."""
     fig = Figure(figsize=(5 * len(HISTORY_PANELS), 4))

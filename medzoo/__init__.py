@@ -11,6 +11,9 @@ The entry points a script needs are importable from here::
     board = medzoo.write_leaderboard(f"results/{cfg.run}")
     sub = medzoo.submit_run(f"results/{cfg.run}")
     new = medzoo.predict_run(f"results/{cfg.run}", "new_images/", entry="stacking")   # a fitted entry, new images
+    medzoo.explain_run(f"results/{cfg.run}", entry="stacking")    # heatmaps: explain/stacking/grid.png
+    medzoo.embed_run(f"results/{cfg.run}", "resnet18")             # t-SNE: plots/embedding_resnet18_test.png
+    medzoo.write_report(f"results/{cfg.run}")                      # results/<run>/report.html
 
 They are loaded on first use, so ``import medzoo`` (and ``medzoo.ensemble``, which never
 imports torch) stays light. The subpackages are ``medzoo.zoo`` (models, datasets, training),
@@ -33,6 +36,8 @@ API = {
     "check": "medzoo.zoo.check",
     "train_zoo": "medzoo.zoo.schedule",
     "predict_run": "medzoo.zoo.apply",
+    "explain_run": "medzoo.zoo.explain",
+    "embed_run": "medzoo.zoo.embedding",
     "ProbabilityTable": "medzoo.ensemble.table",
     "build_ensembles": "medzoo.ensemble.run",
     "write_leaderboard": "medzoo.benchmarks.leaderboard",
@@ -40,6 +45,7 @@ API = {
     "submit_run": "medzoo.benchmarks.submission",
     "score_submission": "medzoo.benchmarks.scoring",
     "run_bench": "medzoo.benchmarks.bench",
+    "write_report": "medzoo.benchmarks.report",
 }
 __all__ = sorted(API)
 

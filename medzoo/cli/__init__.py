@@ -12,9 +12,9 @@ import argparse
 import sys
 import warnings
 
-from medzoo.cli import bench, data, ensemble, leaderboard, models, submit, train
+from medzoo.cli import bench, data, embed, ensemble, explain, leaderboard, models, report, submit, train
 
-MODULES = (data, models, train, ensemble, leaderboard, submit, bench)
+MODULES = (data, models, train, ensemble, leaderboard, submit, explain, embed, report, bench)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

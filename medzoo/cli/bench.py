@@ -15,7 +15,7 @@ def register(sub) -> None:
         help=COMMANDS["bench"],
         description="Run every stage for one config into results/<run>/: dataset -> zoo training -> "
                     "per-member probability tables -> ensembles -> leaderboard (+ plots) -> challenge "
-                    "submission. A second call resumes: finished members are skipped.",
+                    "submission -> report.html. A second call resumes: finished members are skipped.",
     )
     p.add_argument("config", help="zoo config TOML, e.g. benchmarks/pneumoniamnist.toml, or the name of a "
                                   "shipped one (pneumoniamnist, isic2017, ...)")
@@ -46,6 +46,7 @@ def _bench(args) -> int:
     print(f"leaderboard: {RunDir(run_dir).leaderboard_md}")
     sub = out["submission"]
     print(f"submission: {sub.path} ({sub.rows} rows, {sub.format}, entry {sub.entry}; {sub.checked})")
+    print(f"report: {out['report']}")
     print(f"next: medzoo status {run_dir} | medzoo submit {run_dir} --entry ENTRY | "
           f"medzoo leaderboard {run_dir} --threshold sens:0.95")
     return 0

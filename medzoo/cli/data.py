@@ -6,10 +6,6 @@ import argparse
 import sys
 import tomllib
 import warnings
-from pathlib import Path
-
-import numpy as np
-
 
 COMMANDS = {  # the one-line help of each command, shown by medzoo --help
     "data": "inspect datasets described by cards in data/",
@@ -85,18 +81,8 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def plot_counts(dataset, path: str | Path) -> Path:
-    """The dataset's images per class (and unlabeled, when any) and split, as a bar chart PNG."""
-    from medzoo.benchmarks.plots import plot_class_counts
-
-    counts = np.stack([dataset.class_counts(s) for s in dataset.splits])
-    names = [*dataset.classes, "unlabeled"]
-    if not counts[:, -1].any():
-        counts, names = counts[:, :-1], names[:-1]
-    return plot_class_counts(counts, dataset.splits, names, f"{dataset.name}: images per class and split", path)
-
-
 def inspect_command(args: argparse.Namespace) -> int:
+    from medzoo.benchmarks.plots import plot_dataset_counts
     from medzoo.zoo.check import check_dataset, format_counts
     from medzoo.zoo.datasets import open_dataset
 
@@ -115,7 +101,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         print(line)
     for w in report.warnings:
         print(f"medzoo data: warning: {w}", file=sys.stderr)
-    out = plot_counts(ds, args.out or f"{ds.name}-classes.png")
+    out = plot_dataset_counts(ds, args.out or f"{ds.name}-classes.png")
     print(f"wrote {out}")
     report.raise_for_errors()
     return 0

@@ -3,6 +3,7 @@
 ::
 
     config.json                     the resolved zoo config (written when training starts)
+    config.toml                     the config file ``medzoo bench`` ran (its last call's)
     environment.json  stages.json   what ran a bench, and each call's stage seconds
     splits/<dataset>.csv            image_id,split when the splits were made, not given
     splits/<dataset>.folds.csv      image_id,fold of train+val under [cv]
@@ -12,7 +13,7 @@
                                     val is out-of-fold, test the fold models' mean, test.fold<k> each one's)
     ensembles/<method>/state.json   the fitted method, to apply it without a refit
     leaderboard.csv  leaderboard.md  leaderboard_repeats.csv (a repeated run's rows per repeat)
-    plots/*.png  submissions/*.csv
+    plots/*.png  submissions/*.csv  explain/<entry>/ (heatmaps)  report.html
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.config_json = self.path / "config.json"
+        self.config_toml = self.path / "config.toml"
         self.environment_json = self.path / "environment.json"
         self.stages_json = self.path / "stages.json"
         self.leaderboard_csv = self.path / "leaderboard.csv"
@@ -65,6 +67,8 @@ class RunDir:
         self.plots = self.path / "plots"
         self.submissions = self.path / "submissions"
         self.members = self.path / "members"
+        self.explain = self.path / "explain"
+        self.report_html = self.path / "report.html"
 
     def __str__(self) -> str:
         return str(self.path)

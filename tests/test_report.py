@@ -1,0 +1,98 @@
+"""``medzoo report``: one self-contained page with every section, written by ``medzoo bench`` at its end."""
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+
+import pandas as pd
+import pytest
+
+from medzoo.benchmarks.report import SECTIONS, write_report
+from medzoo.cli import main
+from medzoo.core.rundir import RunDir
+from tests.test_train import tiny_config
+
+MEMBERS = ('[[members]]\nmodel = "squeezenet1_1"\nid = "a"\nsize = 32\n'
+           '[[members]]\nmodel = "resnet18"\nid = "b"\nsize = 32\n')
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory):
+    """A tiny two-member run made by ``medzoo bench`` (which ends by writing the report), and its config file."""
+    tmp = tmp_path_factory.mktemp("report")
+    config = tiny_config(tmp, members=MEMBERS, epochs=1)
+    config.write_text(config.read_text() + "[leaderboard]\nbootstrap = 20\n")
+    assert main(["bench", str(config), "--results", str(tmp / "res"), "--no-estimate"]) == 0
+    return RunDir(tmp / "res" / "tiny"), config
+
+
+def images(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]*)"', html)
+
+
+def test_bench_ends_with_a_report_that_has_every_section(benched):
+    rd, config = benched
+    html = rd.report_html.read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    for section, title in SECTIONS.items():
+        assert f'<section id="{section}">' in html and f'<a href="#{section}">{title}</a>' in html
+    assert rd.config_toml.read_text() == config.read_text()
+    assert f"medzoo bench {rd.config_toml} --results rerun" in html
+
+
+def test_the_report_is_self_contained(benched):
+    rd, _ = benched
+    html = rd.report_html.read_text()
+    assert not re.search(r'(src|href)="(?!data:|#)', html)  # every reference is embedded or in the page
+    assert "<link" not in html and "@import" not in html and "url(" not in html and "<iframe" not in html
+    assert "://" not in re.sub(r'src="data:[^"]*"', "", html).replace("http://www.w3.org", "")
+    drawn = {"class_counts.png", "roc.png", "auc_ci.png", "confusion.png", "calibration.png", "training_curves.png",
+             "embedding_b_val.png"}  # the tiny test split is unlabelled: no rank plot, and the view is of val
+    assert drawn == {p.name for p in rd.plots.glob("*.png")}
+    shown = images(html)
+    assert len(shown) == len(drawn) + len(list(rd.explain.glob("*/grid.png")))
+    for uri in shown:
+        assert uri.startswith("data:image/png;base64,")
+        assert base64.b64decode(uri.split(",", 1)[1]).startswith(PNG)
+
+
+def test_every_leaderboard_row_is_in_the_table_in_rank_order(benched):
+    rd, _ = benched
+    html = rd.report_html.read_text()
+    board = pd.read_csv(rd.leaderboard_csv)
+    body = html.split('<table class="board" id="board">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<tr class="(member|ensemble)">(.*?)</tr>', body, flags=re.S)
+    assert [kind for kind, _ in rows] == board["kind"].tolist()
+    entries = [re.findall(r"<td[^>]*>(.*?)</td>", cells)[1] for _, cells in rows]
+    assert entries == board["entry"].tolist()
+    first = re.findall(r'data-key="([^"]*)"', rows[0][1])
+    assert first[0] == "1" and float(first[3]) == pytest.approx(board["val_auc"].iloc[0], abs=1e-12)
+
+
+def test_bench_explains_the_rank_1_entry_and_each_member_and_the_report_shows_them_in_board_order(benched, tmp_path):
+    rd, _ = benched
+    board = pd.read_csv(rd.leaderboard_csv)
+    explained = {p.parent.name for p in rd.explain.glob("*/grid.png")}
+    assert explained == {board["entry"].iloc[0], "a", "b"}
+    html = rd.report_html.read_text()
+    heat = html.split('<section id="heatmaps">', 1)[1].split("</section>", 1)[0]
+    order = [e for e in board["entry"] if e in explained]
+    assert [base64.b64decode(u.split(",", 1)[1]) for u in images(heat)] == [
+        (rd.explain / e / "grid.png").read_bytes() for e in order]
+    assert "t-SNE of b_val (plots/embedding_b_val.png)" in html  # b, resnet18, has the best validation AUC here
+    bare = tmp_path / "copy"
+    shutil.copytree(rd.path, bare, ignore=shutil.ignore_patterns("explain", "embedding_*", "*.pt"))
+    html = write_report(bare).read_text()
+    assert "No heatmaps yet" in html and "No embedding view yet" in html
+
+
+def test_a_run_without_a_leaderboard_is_refused_and_nothing_is_written(benched, tmp_path, capsys):
+    rd, _ = benched
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text(rd.config_json.read_text())
+    assert main(["report", str(bare)]) == 1
+    assert "no leaderboard.csv; run `medzoo leaderboard ...` first" in capsys.readouterr().err
+    assert not (bare / "report.html").exists()
