@@ -118,8 +118,8 @@ def inspect_run(run_dir: str | Path, board: pd.DataFrame, log=print) -> None:
     """What the report shows beyond the board: Grad-CAM heatmaps (``explain/<entry>/``) of the board's rank-1
     entry and of one table per member (a repeated run's first repeat), and the embedding view of the best member.
 
-    Each is skipped with a line when it cannot be made: the explain extra is not installed, or there is
-    nothing to pick (no labelled test or validation images).
+    Each is skipped with a line when it cannot be made: the explain extra is not installed, a table or
+    checkpoint is missing, or there is nothing to pick (no labelled test or validation images).
     """
     rd = RunDir(run_dir)
     entries = run_entries(rd)
@@ -131,7 +131,7 @@ def inspect_run(run_dir: str | Path, board: pd.DataFrame, log=print) -> None:
     for entry in dict.fromkeys([*([top] if top else []), *per_member.values()]):
         try:
             result = explain_run(rd.path, entry, per_group=4)
-        except (ImportError, ValueError) as e:
+        except (ImportError, ValueError, OSError) as e:
             log(f"heatmaps of {entry} skipped: {e}")
             if isinstance(e, ImportError):
                 break
@@ -139,7 +139,7 @@ def inspect_run(run_dir: str | Path, board: pd.DataFrame, log=print) -> None:
         log(f"heatmaps of {entry}: {len(result.picks)} images -> {result.grid}")
     try:
         view = embed_run(rd.path, default_member(rd.path))
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         log(f"embedding view skipped: {e}")
     else:
         log(f"embedding view: {view.png}")

@@ -1,15 +1,19 @@
-"""The committed reference results keep their promises: honest picks, out-of-fold coverage, bagged test tables."""
+"""The committed reference results keep their promises: honest picks, out-of-fold coverage, bagged test tables,
+and the make bench reference's heatmaps and report."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from medzoo.benchmarks.report import SECTIONS
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo.crossval import read_folds
+from medzoo.zoo.models import FAMILIES, model_info
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 BOARDS = sorted(RESULTS.glob("*/leaderboard.csv"))
@@ -47,3 +51,25 @@ def test_the_cross_validated_references_bagged_tables_are_the_mean_of_the_folds(
 def test_a_snapshot_member_gave_three_members_with_tables():
     snaps = [n for n in CV_RUN.table_names("member", "test") if ".snap" in n]
     assert len(snaps) >= 3 and all(CV_RUN.table("member", n, "val").exists() for n in snaps)
+
+
+MAKE_BENCH = RunDir(RESULTS / "pneumoniamnist")
+
+
+def test_the_make_bench_reference_has_heatmaps_of_every_family_and_an_ensemble():
+    config = MAKE_BENCH.read_config()
+    families = {model_info(m["model"]).family: m["id"] for m in config["members"]}
+    assert set(families) == set(FAMILIES)
+    for member in families.values():
+        assert (MAKE_BENCH.explain / member / "grid.png").is_file(), member
+    board = pd.read_csv(MAKE_BENCH.leaderboard_csv)
+    explained = {p.parent.name for p in MAKE_BENCH.explain.glob("*/grid.png")}
+    assert set(board.loc[board["kind"] == "ensemble", "entry"]) & explained
+
+
+def test_the_make_bench_reference_report_is_self_contained_with_every_section():
+    html = MAKE_BENCH.report_html.read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in html
+    assert not re.search(r'(src|href)="(?!data:|#)', html)
+    assert "No heatmaps yet" not in html and "No embedding view yet" not in html
