@@ -94,7 +94,7 @@ def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], 
     entries = run_entries(run)
     if entry not in entries:
         raise ValueError(f"{run.path}: " + unknown_name("entry", entry, entries))
-    method = _restored_method(run, entry) if entries[entry] == "ensemble" else None
+    method = restored_method(run, entry) if entries[entry] == "ensemble" else None
     plans = [member_plan(run, m) for m in (method.members_ if method is not None else [entry])]
     classes = _classes(plans)
     inputs = [images] if isinstance(images, (str, Path)) else list(images)
@@ -111,7 +111,7 @@ def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], 
     return table
 
 
-def _restored_method(run: RunDir, entry: str) -> Combiner:
+def restored_method(run: RunDir, entry: str) -> Combiner:
     """The fitted method of ensemble ``entry``, rebuilt from its saved state."""
     path = run.ensemble_state(entry)
     if not path.is_file():
@@ -261,10 +261,10 @@ def member_probs(plans: Sequence[MemberPlan], records: SplitRecords, device: tor
     models) gets their mean.
     """
     units = list(dict.fromkeys(u for p in plans for u in p.units))
-    loaded = {u: _load(u, device) for u in units}
+    loaded = {u: load_unit(u, device) for u in units}
     n = len(records)
     out: dict[UnitModel, list[np.ndarray]] = {u: [] for u in units}
-    array = _array(records)
+    array = records_array(records)
     with tqdm(total=n, desc=desc, unit="img", disable=None if progress else True) as bar:
         for start in range(0, n, chunk):
             rows = np.arange(start, min(n, start + chunk))
@@ -281,7 +281,7 @@ def member_probs(plans: Sequence[MemberPlan], records: SplitRecords, device: tor
     return {p.entry: np.mean([full[u] for u in p.units], axis=0) for p in plans}
 
 
-def _load(u: UnitModel, device: torch.device) -> tuple[torch.nn.Module, dict, bool]:
+def load_unit(u: UnitModel, device: torch.device) -> tuple[torch.nn.Module, dict, bool]:
     """``(model, checkpoint, channels_last)`` of one unit, on ``device`` as its tables were predicted."""
     model, ckpt = model_from_checkpoint(u.checkpoint, device)
     channels_last = use_channels_last(TrainConfig(channels_last=u.channels_last), device)
@@ -290,7 +290,7 @@ def _load(u: UnitModel, device: torch.device) -> tuple[torch.nn.Module, dict, bo
     return model, ckpt, channels_last
 
 
-def _array(records: SplitRecords) -> np.ndarray | None:
+def records_array(records: SplitRecords) -> np.ndarray | None:
     """The whole ``.npz`` array of array records (read once), None for files."""
     if records.array is None:
         return None

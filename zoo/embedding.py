@@ -32,7 +32,7 @@ from medzoo.core.fileio import atomic_path, write_text
 from medzoo.core.names import unknown_name
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.apply import _load, member_plan, run_entries
+from medzoo.zoo.apply import load_unit, member_plan, run_entries
 from medzoo.zoo.datasets import load_arrays, open_dataset
 from medzoo.zoo.device import resolve_device
 from medzoo.zoo.loader import BatchLoader
@@ -201,7 +201,7 @@ def embed_run(run_dir: str | Path, member: str, *, split: str | None = None, per
     table = ProbabilityTable.read(tables[split])
     images = _images(run, table.ids, ("train", "val") if folds and split == "val" else (split,), unit.size)
     dev = resolve_device(device)
-    model, ckpt, channels_last = _load(unit, dev)
+    model, ckpt, channels_last = load_unit(unit, dev)
     features = penultimate_features(model, images, mean=ckpt["mean"], std=ckpt["std"], device=dev,
                                     batch_size=unit.batch_size, channels_last=channels_last)
     coords, used = tsne(features, perplexity=perplexity, seed=seed)

@@ -70,8 +70,8 @@ from medzoo.core.registry import Registry
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.combiners import Combiner
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.apply import (MemberPlan, UnitModel, _array, _restored_method, member_plan, predict_run, read_images,
-                             run_entries)
+from medzoo.zoo.apply import (MemberPlan, UnitModel, member_plan, predict_run, read_images, records_array,
+                              restored_method, run_entries)
 from medzoo.zoo.cache import load_images, resize_array
 from medzoo.zoo.checkpoint import model_from_checkpoint
 from medzoo.zoo.datasets import open_dataset
@@ -417,7 +417,7 @@ class _Images:
 
 
 def _records_images(records: SplitRecords) -> _Images:
-    array = _array(records)
+    array = records_array(records)
     raw = None if array is None else array[records.index]
     return _Images(len(records), [(np.arange(len(records)), records, raw)])
 
@@ -440,7 +440,7 @@ def _dataset_images(run: RunDir, ids: list[str]) -> _Images:
     for split in dict.fromkeys(where[i][0] for i in ids):
         pos = np.array([k for k, i in enumerate(ids) if where[i][0] == split])
         rec = ds.records(split).subset(np.array([where[ids[k]][1] for k in pos]))
-        array = _array(rec)
+        array = records_array(rec)
         parts.append((pos, rec, None if array is None else array[rec.index]))
     return _Images(len(ids), parts)
 
@@ -498,7 +498,7 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
     require_method(method)
     check_layer(method, layer)
     kind = entries[entry]
-    weights = member_weights(_restored_method(run, entry)) if kind == "ensemble" else None
+    weights = member_weights(restored_method(run, entry)) if kind == "ensemble" else None
     plans = [member_plan(run, m) for m in (weights if weights is not None else [entry])]
     if images is not None:
         inputs = [images] if isinstance(images, (str, Path)) else list(images)
