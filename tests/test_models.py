@@ -303,3 +303,10 @@ def test_the_head_speed_benchmark_compares_both_heads(capsys):
     assert speed_heads.main(["--models", "squeezenet1_1", "--batches", "1", "--batch-size", "2", "--threads", "1"]) == 0
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row[:3] == ["squeezenet1_1", "0.72", "0.72"] and float(row[-1]) > 0
+
+
+def test_the_compile_benchmark_weighs_against_the_steps_of_the_shipped_bench():
+    from medzoo.benchmarks.speed_compile import bench_steps
+
+    # benchmarks/pneumoniamnist.toml: resnet18 8 epochs, squeezenet1_1 12, of 60 batches each
+    assert bench_steps(["resnet18", "squeezenet1_1", "alexnet"]) == {"resnet18": 480, "squeezenet1_1": 720}
