@@ -76,6 +76,18 @@ def run_entries(run: RunDir) -> dict[str, str]:
     return {**members, **{name: "ensemble" for name in run.table_names("ensemble") if name not in members}}
 
 
+def open_entry(run_dir: str | Path, entry: str) -> tuple[RunDir, str]:
+    """``(run, "member" | "ensemble")`` of one entry of a run folder; raises for a missing folder, and for an
+    unknown entry listing the run's entries."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise FileNotFoundError(f"no run folder at {run.path}")
+    entries = run_entries(run)
+    if entry not in entries:
+        raise ValueError(f"{run.path}: " + unknown_name("entry", entry, entries))
+    return run, entries[entry]
+
+
 def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], *, entry: str,
                 out: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
                 chunk: int = CHUNK, progress: bool = True) -> ProbabilityTable:
@@ -88,13 +100,8 @@ def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], 
     unknown. Writes the table (and its sidecar) to ``out`` when given. An unknown entry raises listing
     the run's entries.
     """
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise FileNotFoundError(f"no run folder at {run.path}")
-    entries = run_entries(run)
-    if entry not in entries:
-        raise ValueError(f"{run.path}: " + unknown_name("entry", entry, entries))
-    method = restored_method(run, entry) if entries[entry] == "ensemble" else None
+    run, kind = open_entry(run_dir, entry)
+    method = restored_method(run, entry) if kind == "ensemble" else None
     plans = [member_plan(run, m) for m in (method.members_ if method is not None else [entry])]
     classes = _classes(plans)
     inputs = [images] if isinstance(images, (str, Path)) else list(images)
@@ -104,7 +111,7 @@ def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], 
     tables = [ProbabilityTable(records.ids, classes, probs[p.entry], records.labels, _member_meta(p))
               for p in plans]
     table = method.predict(tables) if method is not None else tables[0]
-    table.meta.update(split="test", source="medzoo predict", run=str(run.path), entry=entry, kind=entries[entry],
+    table.meta.update(split="test", source="medzoo predict", run=str(run.path), entry=entry, kind=kind,
                       inputs=[str(i) for i in inputs])
     if out is not None:
         table.write(out)

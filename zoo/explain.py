@@ -70,8 +70,8 @@ from medzoo.core.registry import Registry
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.combiners import Combiner
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.apply import (MemberPlan, UnitModel, member_plan, predict_run, read_images, records_array,
-                              restored_method, run_entries)
+from medzoo.zoo.apply import (MemberPlan, UnitModel, member_plan, open_entry, predict_run, read_images,
+                              records_array, restored_method)
 from medzoo.zoo.cache import load_images, resize_array
 from medzoo.zoo.checkpoint import model_from_checkpoint
 from medzoo.zoo.datasets import open_dataset
@@ -489,15 +489,9 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
     models). Writes to ``out`` (default ``RUN_DIR/explain/<entry>/``). Unknown entries, methods and
     classes raise listing the allowed ones; a missing library raises ImportError naming the extra.
     """
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise FileNotFoundError(f"no run folder at {run.path}")
-    entries = run_entries(run)
-    if entry not in entries:
-        raise ValueError(f"{run.path}: " + unknown_name("entry", entry, entries))
+    run, kind = open_entry(run_dir, entry)
     require_method(method)
     check_layer(method, layer)
-    kind = entries[entry]
     weights = member_weights(restored_method(run, entry)) if kind == "ensemble" else None
     plans = [member_plan(run, m) for m in (weights if weights is not None else [entry])]
     if images is not None:
