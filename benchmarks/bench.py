@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy
-import pandas as pd
 import sklearn
 import torch
 import torchvision
@@ -22,9 +21,8 @@ from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_lea
 from medzoo.benchmarks.report import write_report
 from medzoo.benchmarks.submission import get_format, submit_run
 from medzoo.core.fileio import clean_stale_temps, write_json, write_text
-from medzoo.core.rundir import TAG, RunDir
+from medzoo.core.rundir import RunDir
 from medzoo.ensemble.run import build_ensembles
-from medzoo.zoo.apply import run_entries
 from medzoo.zoo.check import check
 from medzoo.zoo.config import ZooConfig
 from medzoo.zoo.datasets import load_card
@@ -106,7 +104,7 @@ def run_bench(cfg: ZooConfig, results_dir: str | Path = "results", members=None,
     submission = stage("submission", lambda: submit_run(run_dir, format))
 
     def report_stage() -> Path:
-        inspect_run(run_dir, board, log)
+        inspect_run(run_dir, cfg.device, log)
         return write_report(run_dir)
 
     page = stage("report", report_stage)
@@ -114,32 +112,28 @@ def run_bench(cfg: ZooConfig, results_dir: str | Path = "results", members=None,
             "submission": submission, "report": page}
 
 
-def inspect_run(run_dir: str | Path, board: pd.DataFrame, log=print) -> None:
+def inspect_run(run_dir: str | Path, device: str = "auto", log=print) -> None:
     """What the report shows beyond the board: Grad-CAM heatmaps (``explain/<entry>/``) of the board's rank-1
-    entry and of one table per member (a repeated run's first repeat), and the embedding view of the best member.
+    entry and of every member row (a repeated run's first repeat, :meth:`RunDir.ranked`), and the embedding
+    view of the best member, on ``device``.
 
-    Each is skipped with a line when it cannot be made: the explain extra is not installed, a table or
-    checkpoint is missing, or there is nothing to pick (no labelled test or validation images).
+    Each is skipped with a line when it cannot be made (the explain extra is not installed, a table or
+    checkpoint is missing, nothing to pick, the device fails): training is done, and a view is no reason to
+    fail the bench.
     """
     rd = RunDir(run_dir)
-    entries = run_entries(rd)
-    top = next((e for e in entries if e.split(TAG)[0] == board["entry"].iloc[0]), None)
-    per_member = {}
-    for entry, kind in entries.items():
-        if kind == "member":
-            per_member.setdefault(entry.split(TAG)[0], entry)
-    for entry in dict.fromkeys([*([top] if top else []), *per_member.values()]):
+    for entry in dict.fromkeys(rd.ranked()[:1] + rd.ranked("member")):
         try:
-            result = explain_run(rd.path, entry, per_group=4)
-        except (ImportError, ValueError, OSError) as e:
+            result = explain_run(rd.path, entry, per_group=4, device=device)
+        except (ImportError, ValueError, OSError, RuntimeError) as e:
             log(f"heatmaps of {entry} skipped: {e}")
             if isinstance(e, ImportError):
                 break
             continue
         log(f"heatmaps of {entry}: {len(result.picks)} images -> {result.grid}")
     try:
-        view = embed_run(rd.path, default_member(rd.path))
-    except (ValueError, OSError) as e:
+        view = embed_run(rd.path, default_member(rd.path), device=device)
+    except (ValueError, OSError, RuntimeError) as e:
         log(f"embedding view skipped: {e}")
     else:
         log(f"embedding view: {view.png}")

@@ -95,8 +95,7 @@ def render(rd: RunDir) -> str:
         "members": _members(rd),
         "curves": _figure(rd, rd.plots / "training_curves.png", "Training curves"),
         "heatmaps": [f for p in _board_order(board, rd.explain.glob("*/grid.png"))
-                     if (f := _figure(rd, p, f"{p.parent.name}: heatmaps of the most confident true positives, "
-                                             f"false positives and false negatives"))],
+                     if (f := _figure(rd, p, _heatmap_caption(p)))],
         "embeddings": [f for p in sorted(rd.plots.glob("embedding_*.png")) if (f := _figure(rd, p, p.stem[10:]))],
         "environment": _read_json(rd.environment_json) or {},
         "stages": _stages(rd),
@@ -120,6 +119,15 @@ def _board_order(board: pd.DataFrame, grids) -> list[Path]:
     return sorted(grids, key=lambda p: (rank.get(p.parent.name.split(TAG)[0], len(rank)), p.parent.name))
 
 
+def _heatmap_caption(grid: Path) -> str:
+    """What a ``grid.png`` of ``medzoo explain`` shows, from the groups of its ``picks.csv``."""
+    picks = grid.parent / "picks.csv"
+    groups = set(pd.read_csv(picks)["group"]) if picks.is_file() else set()
+    what = ("the most confident true positives, false positives and false negatives (called at p >= 0.5)"
+            if groups and groups <= {"TP", "FP", "FN"} else "the images given to medzoo explain")
+    return f"{grid.parent.name}: heatmaps of {what}"
+
+
 def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -137,10 +145,11 @@ def _summary(board: pd.DataFrame, config: dict) -> dict:
 
 
 def _dataset(rd: RunDir, config: dict) -> dict:
-    """Counts per split and class (and the bar chart) from the dataset the run trained on, when readable here."""
+    """Counts per split and class from the dataset the run trained on, when readable here, and their bar chart
+    (drawn into the run's ``plots/class_counts.png``)."""
     try:
         ds = open_dataset(config["dataset"], data_root=config.get("data_root"))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
         return {"error": f"the dataset {config['dataset']!r} is not readable here ({e}); its counts need the data"}
     counts = {s: ds.class_counts(s).tolist() for s in ds.splits}
     classes = list(ds.classes)
@@ -167,7 +176,8 @@ def _board_notes(rd: RunDir) -> list[str]:
 
 
 def _board_rows(board: pd.DataFrame) -> dict:
-    """The shown columns' headers and each row's cells as ``(text, sort key)``; a sort key is a number or text."""
+    """The shown columns' headers and each row's cells as ``(text, sort key)``; a sort key is a number or text,
+    "" for a missing value (sorted last either way)."""
     columns = [c for c in BOARD_COLUMNS if c in board.columns and board[c].notna().any()]
     rows = []
     for _, row in board.iterrows():
@@ -179,7 +189,7 @@ def _board_rows(board: pd.DataFrame) -> dict:
             elif c in ("delong_p", "delong_p_holm") and isinstance(v, float) and v < 0.001:
                 cells.append(("<0.001", v))
             elif isinstance(v, float):
-                cells.append(("" if math.isnan(v) else _number(v, signed=c.startswith("delta")), v))
+                cells.append(("", "") if math.isnan(v) else (_number(v, signed=c.startswith("delta")), v))
             else:
                 cells.append(("" if pd.isna(v) else str(v), v if isinstance(v, (int, bool)) else str(v)))
         rows.append({"kind": row["kind"], "cells": cells})
@@ -215,8 +225,9 @@ def _commands(rd: RunDir, config: dict) -> list[str]:
     """Shell commands that retrain the run from scratch into ``rerun/`` from a medzoo checkout, and rebuild its
     report; the config is the file the run was benched with (``config.toml``, saved by ``medzoo bench``)."""
     data = config.get("data_root")
-    env = f"MEDZOO_DATA={shlex.quote(str(data))} " if data else ""
     config_file = shlex.quote(str(rd.config_toml)) if rd.config_toml.is_file() else "CONFIG.toml"
     return [f"pip install -e '.[explain,tensorboard]'   # in a checkout of medzoo {__version__}",
-            f"{env}medzoo bench {config_file} --results rerun",
+            "export MEDZOO_DATA=/path/to/data   # the folder of the dataset files"
+            + (f"; this run read them from {data}" if data else ""),
+            f"medzoo bench {config_file} --results rerun",
             f"medzoo report rerun/{shlex.quote(config['run'])}"]

@@ -23,7 +23,7 @@ import torch
 from medzoo.benchmarks.speed_train import make_model, step, synchronize
 from medzoo.config import load_config
 
-BENCH_BATCHES = 60  # batches of 64 per epoch of PneumoniaMNIST's 3,882 training images
+BENCH_BATCHES = 60  # batches of 64 per epoch of PneumoniaMNIST's 3,882 training images (the last partial one dropped)
 
 
 def time_compile(name: str, size: int, batch: int, batches: int, device: str = "cpu") -> dict[str, float]:
@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = [(m.partition(":")[0], int(m.partition(":")[2] or 32)) for m in args.models]
+    models = []
+    for m in args.models:
+        name, _, size = m.partition(":")
+        if not (size or "32").isdigit():
+            parser.error(f"--models {m!r}: expected MODEL:SIZE with SIZE in pixels, e.g. resnet18:48")
+        models.append((name, int(size or 32)))
     steps = bench_steps([m for m, _ in models])
     print(f"batch {args.batch_size}, {args.batches} steady steps per mode, {torch.get_num_threads()} thread(s), "
           f"torch {torch.__version__}")

@@ -25,7 +25,9 @@ from medzoo.zoo.schedule import train_zoo
 from tests.test_train import tiny_config, write_tiny_npz
 
 SIZES = {"r": ("resnet18", 64), "d": ("densenet121", 64), "v": ("vgg11_bn", 32), "i": ("inception_v3", 107),
-         "s": ("squeezenet1_1", 48)}  # the smallest sizes at which each family's target layer is 2x2
+         "s": ("squeezenet1_1", 48)}  # small sizes, where the default CAM layer is a block before the last
+for _module in ("pytorch_grad_cam", "captum"):
+    pytest.importorskip(_module, reason="the explain extra: pip install 'medzoo[explain]'")
 WEIGHTS = {"r": 1.0, "d": 2.0, "v": 0.0, "i": 3.0, "s": 1.5}
 MEMBERS = "".join(f'[[members]]\nmodel = "{model}"\nid = "{m}"\nsize = {size}\n' for m, (model, size) in SIZES.items())
 
@@ -219,5 +221,5 @@ def test_the_command_line_writes_the_figures(run, pngs, tmp_path, capsys):
     assert main(["explain", str(run.path), "--entry", "s", "--method", "cam"]) == 1
     assert capsys.readouterr().err.startswith("medzoo explain: error: unknown explain method 'cam'; ")
     assert main(["explain", str(run.path)]) == 1
-    assert capsys.readouterr().err == (f"medzoo explain: error: {run.path} has no leaderboard.csv to take the rank-1 "
-                                       f"entry from: name one with --entry; entries: d, i, r, s, v, weighted_mean\n")
+    assert capsys.readouterr().err == (f"medzoo explain: error: {run.leaderboard_csv} is missing: name the entry "
+                                       f"with --entry; entries: d, i, r, s, v, weighted_mean\n")

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from medzoo.config import load_config
 from medzoo.zoo.augment import mix_batch
 from medzoo.zoo.loop import _mixed_loss
-from tests.test_train import tiny_config
+from medzoo.zoo.schedule import train_zoo
+from tests.test_train import read_history, tiny_config
 
 
 def batch() -> torch.Tensor:
@@ -69,3 +70,15 @@ def test_the_mixed_loss_is_the_weighted_sum_of_the_two_targets_losses():
 def test_a_negative_alpha_is_refused_with_the_key(tmp_path, key):
     with pytest.raises(ValueError, match=rf"{key} = -0.2; must be >= 0"):
         load_config(tiny_config(tmp_path, **{key: -0.2}))
+
+
+def test_a_mixed_config_trains_on_mixed_batches_and_repeats_exactly(tmp_path):
+    def first_loss(name: str, **mix) -> str:
+        (tmp_path / name).mkdir()
+        cfg = load_config(tiny_config(tmp_path / name, epochs=1, **mix))
+        train_zoo(cfg, results_dir=tmp_path / name / "res", progress=False, log=lambda m: None)
+        return read_history(tmp_path / name / "res" / "tiny" / "members" / "squeezenet1_1" / "history.csv")[0]
+
+    plain, mixed, again = first_loss("plain"), first_loss("mixed", mixup=0.4), first_loss("again", mixup=0.4)
+    assert mixed["train_loss"] != plain["train_loss"]  # the loop got the mixing, so the loss it saw changed
+    assert (mixed["train_loss"], mixed["val_auc"]) == (again["train_loss"], again["val_auc"])

@@ -96,3 +96,15 @@ def test_a_run_without_a_leaderboard_is_refused_and_nothing_is_written(benched, 
     assert main(["report", str(bare)]) == 1
     assert "no leaderboard.csv; run `medzoo leaderboard ...` first" in capsys.readouterr().err
     assert not (bare / "report.html").exists()
+
+
+def test_ranked_maps_a_repeated_boards_rows_to_the_first_repeats_tables(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    for kind, name in [("member", "densenet121@s1"), ("member", "densenet121@s0"), ("member", "vgg"),
+                       ("ensemble", "greedy@s0"), ("ensemble", "greedy@s1"), ("ensemble", "mean")]:
+        rd.table_dir(kind, name).mkdir(parents=True)
+    assert rd.ranked() == []
+    rd.leaderboard_csv.write_text("rank,entry,kind\n2,vgg,member\n1,greedy,ensemble\n3,gone,ensemble\n"
+                                  "10,mean,ensemble\n4,densenet121,member\n")  # ranked by the rank column
+    assert rd.ranked() == ["greedy@s0", "vgg", "densenet121@s0", "mean"]
+    assert rd.ranked("member") == ["vgg", "densenet121@s0"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 import sys
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.test_train import read_history, tiny_config
 from medzoo.config import load_config
 from medzoo.zoo import tblog
 from medzoo.zoo.schedule import train_zoo
+
+EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                       reason="the tensorboard extra: pip install 'medzoo[tensorboard]'").EventAccumulator
 
 TWO_MEMBERS = ('[[members]]\nmodel = "squeezenet1_1"\nsize = 32\n'
                '[[members]]\nmodel = "resnet18"\nsize = 32\ntensorboard = true\n')

@@ -103,7 +103,7 @@ def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], 
     run, kind = open_entry(run_dir, entry)
     method = restored_method(run, entry) if kind == "ensemble" else None
     plans = [member_plan(run, m) for m in (method.members_ if method is not None else [entry])]
-    classes = _classes(plans)
+    classes = plan_classes(plans)
     inputs = [images] if isinstance(images, (str, Path)) else list(images)
     records = read_images(inputs)
     probs = member_probs(plans, records, resolve_device(device), batch_size=batch_size, chunk=chunk,
@@ -315,7 +315,7 @@ def _decode(records: SplitRecords, array: np.ndarray | None, rows: np.ndarray, s
                        desc=f"decoding at {size}px")
 
 
-def _classes(plans: Sequence[MemberPlan]) -> list[str]:
+def plan_classes(plans: Sequence[MemberPlan]) -> list[str]:
     """The class list every member's table shares; raises naming the member that differs."""
     first = plans[0]
     for p in plans[1:]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,23 +151,19 @@ def tsne(features: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> tu
 
 
 def default_member(run_dir: str | Path) -> str:
-    """The member entry with the best validation AUC on the run's ``leaderboard.csv`` (ties: the first by name).
+    """The member entry ranked first among the members of the run's ``leaderboard.csv`` (the best validation
+    AUC; a repeated run's first repeat, :meth:`RunDir.ranked`).
 
-    ValueError listing the run's members when there is no leaderboard or it scores none of them.
+    ValueError listing the run's members when there is no leaderboard or it ranks none of them.
     """
     run = RunDir(run_dir)
     members = _members(run)
-    best = None
-    if run.leaderboard_csv.is_file():
-        with open(run.leaderboard_csv, newline="") as f:
-            scored = [(float(r["val_auc"]), r["entry"]) for r in csv.DictReader(f)
-                      if r.get("kind") == "member" and r.get("entry") in members and _number(r.get("val_auc"))]
-        best = min(scored, key=lambda s: (-s[0], s[1]), default=(None, None))[1]
-    if best is None:
-        why = "scores no member" if run.leaderboard_csv.is_file() else "is missing"
+    ranked = run.ranked("member")
+    if not ranked:
+        why = "ranks no member" if run.leaderboard_csv.is_file() else "is missing"
         raise ValueError(f"{run.leaderboard_csv} {why}: name the member with --member ID; members: "
                          f"{', '.join(members) or 'none (train the run first)'}")
-    return best
+    return ranked[0]
 
 
 def embed_run(run_dir: str | Path, member: str, *, split: str | None = None, perplexity: float = 30.0, seed: int = 0,
@@ -290,9 +285,3 @@ def _images(run: RunDir, ids: list[str], splits: tuple[str, ...], size: int) -> 
                          f"{ds.name!r} (e.g. {missing[:3]}): the data changed since the run")
     return np.stack([arrays[a].images[r] for a, r in (row[i] for i in ids)])
 
-
-def _number(value: str | None) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False

@@ -70,8 +70,8 @@ from medzoo.core.registry import Registry
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.combiners import Combiner
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.apply import (MemberPlan, UnitModel, member_plan, open_entry, predict_run, read_images,
-                              records_array, restored_method)
+from medzoo.zoo.apply import (MemberPlan, UnitModel, member_plan, open_entry, plan_classes, predict_run,
+                              read_images, records_array, restored_method)
 from medzoo.zoo.cache import load_images, resize_array
 from medzoo.zoo.checkpoint import model_from_checkpoint
 from medzoo.zoo.datasets import open_dataset
@@ -492,17 +492,20 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
     run, kind = open_entry(run_dir, entry)
     require_method(method)
     check_layer(method, layer)
+    if size is not None and size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if per_group < 1:
+        raise ValueError(f"per_group must be >= 1, got {per_group}")
     weights = member_weights(restored_method(run, entry)) if kind == "ensemble" else None
     plans = [member_plan(run, m) for m in (weights if weights is not None else [entry])]
+    target_index = resolve_target(target, plan_classes(plans))
     if images is not None:
         inputs = [images] if isinstance(images, (str, Path)) else list(images)
         pixels = _records_images(read_images(inputs))
         table = predict_run(run.path, inputs, entry=entry, device=device, progress=progress)
-        target_index = resolve_target(target, table.classes)
         picks, split, note = _given_picks(table, target_index), None, None
     else:
         full, split, note = _entry_table(run, kind, entry)
-        target_index = resolve_target(target, full.classes)
         picks = pick_images(full, target_index, per_group)
         if not picks:
             raise ValueError(f"{entry!r}: its {split} table has no true positive, false positive or false negative to "
@@ -512,8 +515,6 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
     classes = table.classes
     targets = np.array([classes.index(p.target) for p in picks], dtype=np.int64)
     size = size or max(u.size for p in plans for u in p.units)
-    if size < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
     dev = resolve_device(device)
     with tqdm(total=sum(len(p.units) for p in plans), desc=f"explain {entry}", unit="model",
               disable=None if progress else True) as bar:

@@ -1,9 +1,7 @@
 """``medzoo explain``: heatmaps of what a run's member or ensemble looks at."""
 from __future__ import annotations
 
-import csv
 import sys
-from pathlib import Path
 
 COMMANDS = {  # the one-line help of each command, shown by medzoo --help
     "explain": "heatmaps (Grad-CAM, integrated gradients, ...) of a run's member or ensemble on test or given images",
@@ -48,13 +46,10 @@ def _method_names() -> list[str]:
 
 def _explain(args) -> int:
     from medzoo.core.rundir import RunDir
-    from medzoo.zoo.apply import run_entries
     from medzoo.zoo.explain import explain_run
 
     run = RunDir(args.run_dir)
-    if not run.path.is_dir():
-        raise FileNotFoundError(f"no run folder at {run.path}")
-    entry, why = (args.entry, "") if args.entry else (_rank_one(run, run_entries(run)), " (the leaderboard's rank 1)")
+    entry, why = (args.entry, "") if args.entry else (_rank_one(run), " (the leaderboard's rank 1)")
     try:
         result = explain_run(run.path, entry, images=args.images, method=args.method, target=args.target,
                              layer=args.layer, per_group=args.per_group, size=args.size, device=args.device,
@@ -76,16 +71,16 @@ def _explain(args) -> int:
     return 0
 
 
-def _rank_one(run, entries: dict[str, str]) -> str:
-    """The entry ranked 1 in the run's ``leaderboard.csv``; raises listing the entries when there is none."""
-    listed = ", ".join(entries) or "none (train the run first)"
-    path = Path(run.leaderboard_csv)
-    if not path.is_file():
-        raise ValueError(f"{run.path} has no leaderboard.csv to take the rank-1 entry from: name one with --entry; "
-                         f"entries: {listed}")
-    with open(path, newline="") as f:
-        first = next((row["entry"] for row in csv.DictReader(f) if row.get("rank") == "1"), None)
-    if first not in entries:
-        raise ValueError(f"{path}: rank 1 is {first!r}, which is no entry of the run; name one with --entry; "
-                         f"entries: {listed}")
-    return first
+def _rank_one(run) -> str:
+    """The run's table ranked 1 on its ``leaderboard.csv`` (:meth:`RunDir.ranked`); raises listing the entries
+    when there is none."""
+    from medzoo.zoo.apply import run_entries
+
+    if not run.path.is_dir():
+        raise FileNotFoundError(f"no run folder at {run.path}")
+    ranked = run.ranked()
+    if not ranked:
+        why = "ranks none of its entries" if run.leaderboard_csv.is_file() else "is missing"
+        listed = ", ".join(run_entries(run)) or "none (train the run first)"
+        raise ValueError(f"{run.leaderboard_csv} {why}: name the entry with --entry; entries: {listed}")
+    return ranked[0]

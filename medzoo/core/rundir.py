@@ -12,11 +12,14 @@
     predictions/<member>/<split>.csv   ensembles/<method>/<split>.csv   (probability tables; under [cv]
                                     val is out-of-fold, test the fold models' mean, test.fold<k> each one's)
     ensembles/<method>/state.json   the fitted method, to apply it without a refit
+    members/<unit>/tensorboard/     the unit's TensorBoard view (``tensorboard = true``)
+    embeddings/<member>_<split>.csv  the t-SNE coordinates of ``medzoo embed`` (its figure in plots/)
     leaderboard.csv  leaderboard.md  leaderboard_repeats.csv (a repeated run's rows per repeat)
     plots/*.png  submissions/*.csv  explain/<entry>/ (heatmaps)  report.html
 """
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -129,6 +132,26 @@ class RunDir:
     def ensemble_state(self, method: str) -> Path:
         """A built method's fitted state: ``ensembles/<method>/state.json``."""
         return self.table_dir("ensemble", method) / "state.json"
+
+    def ranked(self, kind: str | None = None) -> list[str]:
+        """The run's table names in ``leaderboard.csv``'s ``rank`` order (rank 1 first; only ``kind``'s rows when given).
+
+        A repeated run's board row (``greedy``) stands for its tables ``greedy@s<seed>``; the first repeat's
+        is taken. Rows without a table in the run are left out; [] without a leaderboard.
+        """
+        if not self.leaderboard_csv.is_file():
+            return []
+        with open(self.leaderboard_csv, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if kind is None or r.get("kind") == kind]
+        rows.sort(key=lambda r: float(r.get("rank") or "inf"))
+        out = []
+        for row in rows:
+            names = self.table_names(row["kind"])
+            name = row["entry"] if row["entry"] in names else next(
+                (n for n in names if n.split(TAG)[0] == row["entry"]), None)
+            if name is not None and name not in out:
+                out.append(name)
+        return out
 
     def table_names(self, kind: str, split: str | None = None) -> list[str]:
         """Sorted names of the folders of one kind (those holding ``<split>.csv`` when ``split`` is given)."""
