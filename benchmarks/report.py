@@ -68,6 +68,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     everything else is shown where the run has it.
     """
     rd = RunDir(run_dir)
+    if not rd.path.is_dir():
+        raise FileNotFoundError(f"no run folder at {rd.path}")
     for needed, how in ((rd.config_json, "medzoo train"), (rd.leaderboard_csv, "medzoo leaderboard")):
         if not needed.is_file():
             raise ValueError(f"{rd.path}: no {needed.name}; run `{how} ...` first (a report needs a trained, "

@@ -96,6 +96,8 @@ def test_a_run_without_a_leaderboard_is_refused_and_nothing_is_written(benched, 
     assert main(["report", str(bare)]) == 1
     assert "no leaderboard.csv; run `medzoo leaderboard ...` first" in capsys.readouterr().err
     assert not (bare / "report.html").exists()
+    assert main(["report", str(tmp_path / "nowhere")]) == 1
+    assert f"medzoo report: error: no run folder at {tmp_path / 'nowhere'}\n" == capsys.readouterr().err
 
 
 def test_ranked_maps_a_repeated_boards_rows_to_the_first_repeats_tables(tmp_path):
