@@ -38,7 +38,7 @@ from medzoo.ensemble.table import ProbabilityTable, sidecar_path
 from medzoo.zoo.cache import load_images, resize_array
 from medzoo.zoo.checkpoint import model_from_checkpoint
 from medzoo.zoo.config import TrainConfig
-from medzoo.zoo.datasets import load_card
+from medzoo.zoo.datasets import load_card, open_dataset
 from medzoo.zoo.device import resolve_device, use_channels_last
 from medzoo.zoo.predict import image_ids, image_paths, predict_probs, tta_flips
 from medzoo.zoo.readers import READERS, SplitRecords
@@ -202,6 +202,55 @@ def read_images(inputs: Sequence[str | Path]) -> SplitRecords:
     paths = _csv_paths(Path(items[0])) if alone else image_paths(items)
     ids = image_ids(paths)
     return SplitRecords(ids, np.full(len(ids), -1, dtype=np.int64), paths=paths, origins=[str(p) for p in paths])
+
+
+class Images:
+    """Images decoded on request at any size (``uint8 [N, size, size, 3]``, once per size), as training decodes
+    them (``resize_array`` of an ``.npz``'s rows, ``load_images`` of files).
+
+    ``parts``: ``(positions [k], records [k], raw rows of their array or None for files)``.
+    """
+
+    def __init__(self, n: int, parts: list[tuple[np.ndarray, SplitRecords, np.ndarray | None]]):
+        self.n, self.parts, self.cache = n, parts, {}
+
+    def at(self, size: int) -> np.ndarray:
+        if size not in self.cache:
+            out = np.zeros((self.n, size, size, 3), dtype=np.uint8)
+            for pos, rec, raw in self.parts:
+                out[pos] = resize_array(raw, size) if raw is not None else load_images(rec.paths, size, rec.origins)
+            self.cache[size] = out
+        return self.cache[size]
+
+
+def records_images(records: SplitRecords) -> Images:
+    """The images of ``records`` (as :func:`read_images` gives them), in their order."""
+    array = records_array(records)
+    raw = None if array is None else array[records.index]
+    return Images(len(records), [(np.arange(len(records)), records, raw)])
+
+
+def run_images(run: RunDir, ids: list[str]) -> Images:
+    """The images ``ids`` of the run's dataset (``config.json``'s ``dataset`` and ``data_root``), from any split."""
+    config = run.read_config()
+    if "dataset" not in config:
+        raise ValueError(f"{run.config_json} names no dataset to read the images from; give the images instead")
+    ds = open_dataset(config["dataset"], data_root=config.get("data_root"))
+    where = {}
+    for split in ds.splits:
+        for row, i in enumerate(ds.records(split).ids):
+            where.setdefault(i, (split, row))
+    missing = [i for i in ids if i not in where]
+    if missing:
+        raise ValueError(f"dataset {ds.name!r} has no image {missing[0]!r} ({len(missing)} of the {len(ids)} images "
+                         f"missing); the run's tables were made from other data")
+    parts = []
+    for split in dict.fromkeys(where[i][0] for i in ids):
+        pos = np.array([k for k, i in enumerate(ids) if where[i][0] == split])
+        rec = ds.records(split).subset(np.array([where[ids[k]][1] for k in pos]))
+        array = records_array(rec)
+        parts.append((pos, rec, None if array is None else array[rec.index]))
+    return Images(len(ids), parts)
 
 
 def _npz_split(item: str) -> tuple[Path, str | None] | None:

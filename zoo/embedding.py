@@ -31,8 +31,7 @@ from medzoo.core.fileio import atomic_path, write_text
 from medzoo.core.names import unknown_name
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.apply import load_unit, member_plan, run_entries
-from medzoo.zoo.datasets import load_arrays, open_dataset
+from medzoo.zoo.apply import load_unit, member_plan, run_entries, run_images
 from medzoo.zoo.device import resolve_device
 from medzoo.zoo.loader import BatchLoader
 
@@ -194,7 +193,7 @@ def embed_run(run_dir: str | Path, member: str, *, split: str | None = None, per
         raise FileNotFoundError(f"member {member!r} has no {split} table ({tables[split]}); splits with a table: "
                                 f"{', '.join(there) or 'none'}")
     table = ProbabilityTable.read(tables[split])
-    images = _images(run, table.ids, ("train", "val") if folds and split == "val" else (split,), unit.size)
+    images = run_images(run, table.ids).at(unit.size)
     dev = resolve_device(device)
     model, ckpt, channels_last = load_unit(unit, dev)
     features = penultimate_features(model, images, mean=ckpt["mean"], std=ckpt["std"], device=dev,
@@ -269,19 +268,3 @@ def _members(run: RunDir) -> list[str]:
     if not run.path.is_dir():
         raise FileNotFoundError(f"no run folder at {run.path}")
     return [e for e, kind in run_entries(run).items() if kind == "member"]
-
-
-def _images(run: RunDir, ids: list[str], splits: tuple[str, ...], size: int) -> np.ndarray:
-    """uint8 ``[N, size, size, 3]``: images ``ids`` from ``splits`` of the run's dataset, decoded as training did."""
-    cfg = run.read_config()
-    if "dataset" not in cfg:
-        raise ValueError(f"{run.config_json} names no dataset; embeddings need a run trained by medzoo train")
-    ds = open_dataset(cfg["dataset"], data_root=cfg.get("data_root"))
-    arrays = [load_arrays(ds, s, size) for s in splits]
-    row = {i: (a, r) for a, arr in enumerate(arrays) for r, i in enumerate(arr.ids)}
-    missing = [i for i in ids if i not in row]
-    if missing:
-        raise ValueError(f"{len(missing)} image(s) of the table are not in the {'+'.join(splits)} split of dataset "
-                         f"{ds.name!r} (e.g. {missing[:3]}): the data changed since the run")
-    return np.stack([arrays[a].images[r] for a, r in (row[i] for i in ids)])
-

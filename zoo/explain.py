@@ -70,14 +70,11 @@ from medzoo.core.registry import Registry
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.combiners import Combiner
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.apply import (MemberPlan, UnitModel, member_plan, open_entry, plan_classes, predict_run,
-                              read_images, records_array, restored_method)
-from medzoo.zoo.cache import load_images, resize_array
+from medzoo.zoo.apply import (Images, MemberPlan, UnitModel, member_plan, open_entry, plan_classes, predict_run,
+                              read_images, records_images, restored_method, run_images)
 from medzoo.zoo.checkpoint import model_from_checkpoint
-from medzoo.zoo.datasets import open_dataset
 from medzoo.zoo.device import resolve_device
 from medzoo.zoo.models import forward_logits, model_info
-from medzoo.zoo.readers import SplitRecords
 
 INSTALL_HINT = "pip install 'medzoo[explain]'"
 AUX = "aux"
@@ -398,53 +395,6 @@ def _given_picks(table: ProbabilityTable, target: int | None) -> list[Pick]:
                  float(row[t])) for i, y, p, t, row in zip(table.ids, table.labels, predicted, shown, table.probs)]
 
 
-class _Images:
-    """The images to explain, decoded on request at any size (``uint8 [N, size, size, 3]``, once per size).
-
-    ``parts``: ``(positions [k], records [k], raw rows of their array or None for files)``.
-    """
-
-    def __init__(self, n: int, parts: list[tuple[np.ndarray, SplitRecords, np.ndarray | None]]):
-        self.n, self.parts, self.cache = n, parts, {}
-
-    def at(self, size: int) -> np.ndarray:
-        if size not in self.cache:
-            out = np.zeros((self.n, size, size, 3), dtype=np.uint8)
-            for pos, rec, raw in self.parts:
-                out[pos] = resize_array(raw, size) if raw is not None else load_images(rec.paths, size, rec.origins)
-            self.cache[size] = out
-        return self.cache[size]
-
-
-def _records_images(records: SplitRecords) -> _Images:
-    array = records_array(records)
-    raw = None if array is None else array[records.index]
-    return _Images(len(records), [(np.arange(len(records)), records, raw)])
-
-
-def _dataset_images(run: RunDir, ids: list[str]) -> _Images:
-    """The images ``ids`` of the run's dataset (``config.json``'s ``dataset`` and ``data_root``), from any split."""
-    config = run.read_config()
-    if "dataset" not in config:
-        raise ValueError(f"{run.config_json} names no dataset to read the images from; give the images to explain")
-    ds = open_dataset(config["dataset"], data_root=config.get("data_root"))
-    where = {}
-    for split in ds.splits:
-        for row, i in enumerate(ds.records(split).ids):
-            where.setdefault(i, (split, row))
-    missing = [i for i in ids if i not in where]
-    if missing:
-        raise ValueError(f"dataset {ds.name!r} has no image {missing[0]!r} ({len(missing)} of the {len(ids)} picked "
-                         f"images missing); the run's tables were made from other data")
-    parts = []
-    for split in dict.fromkeys(where[i][0] for i in ids):
-        pos = np.array([k for k, i in enumerate(ids) if where[i][0] == split])
-        rec = ds.records(split).subset(np.array([where[ids[k]][1] for k in pos]))
-        array = records_array(rec)
-        parts.append((pos, rec, None if array is None else array[rec.index]))
-    return _Images(len(ids), parts)
-
-
 def _entry_table(run: RunDir, kind: str, entry: str) -> tuple[ProbabilityTable, str, str | None]:
     """``(table, split, note)``: the entry's labelled test table, else its val table with a note saying so."""
     test = run.table(kind, entry, "test")
@@ -460,7 +410,7 @@ def _entry_table(run: RunDir, kind: str, entry: str) -> tuple[ProbabilityTable, 
     return ProbabilityTable.read(val), "val", f"the test split {why}: images picked from val"
 
 
-def _member_map(plan: MemberPlan, images: _Images, targets: np.ndarray, method: str, layer: str | None,
+def _member_map(plan: MemberPlan, images: Images, targets: np.ndarray, method: str, layer: str | None,
                 size: int, device: torch.device, bar) -> np.ndarray:
     """One member's maps ``[N, size, size]``: the mean of its units' maps, each resized to ``size``."""
     maps = []
@@ -470,7 +420,7 @@ def _member_map(plan: MemberPlan, images: _Images, targets: np.ndarray, method: 
     return np.mean(maps, axis=0)
 
 
-def _unit_map(u: UnitModel, images: _Images, targets: np.ndarray, method: str, layer: str | None,
+def _unit_map(u: UnitModel, images: Images, targets: np.ndarray, method: str, layer: str | None,
               device: torch.device) -> np.ndarray:
     model, ckpt = model_from_checkpoint(u.checkpoint, device)
     return unit_maps(model, ckpt, images.at(u.size), targets, method, layer, device)
@@ -501,7 +451,7 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
     target_index = resolve_target(target, plan_classes(plans))
     if images is not None:
         inputs = [images] if isinstance(images, (str, Path)) else list(images)
-        pixels = _records_images(read_images(inputs))
+        pixels = records_images(read_images(inputs))
         table = predict_run(run.path, inputs, entry=entry, device=device, progress=progress)
         picks, split, note = _given_picks(table, target_index), None, None
     else:
@@ -511,7 +461,7 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
             raise ValueError(f"{entry!r}: its {split} table has no true positive, false positive or false negative to "
                              f"explain; give the images to explain")
         table = full.select([p.image_id for p in picks])
-        pixels = _dataset_images(run, table.ids)
+        pixels = run_images(run, table.ids)
     classes = table.classes
     targets = np.array([classes.index(p.target) for p in picks], dtype=np.int64)
     size = size or max(u.size for p in plans for u in p.units)
