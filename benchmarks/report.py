@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,17 +178,37 @@ def _board_notes(rd: RunDir) -> list[str]:
     return notes
 
 
+def _board_columns(board: pd.DataFrame) -> dict[str, str]:
+    """``{column: header}`` shown, in order: ``BOARD_COLUMNS`` with the task views' AUCs (ISIC 2017's melanoma,
+    keratosis and their mean) after the test interval; on a board without test labels the validation interval,
+    ECE and Brier in place of the test ones. Columns without any value are left out."""
+    views = {c: c.replace("_auc", "").replace("_", " ") + " AUC" for c in board.columns
+             if re.fullmatch(r"(val|test)_.+_auc", c) and c not in ("val_auc", "test_auc")}
+    no_test = not board["test_auc"].notna().any()
+    extra = {"val_auc_lo": "val 95% CI", "val_ece": "val ECE", "val_brier": "val Brier"} if no_test else {}
+    shown = {}
+    for c, header in BOARD_COLUMNS.items():
+        shown[c] = header
+        if c == "val_auc_sd":
+            shown.update({k: v for k, v in extra.items() if k == "val_auc_lo"})
+        if c == "test_auc_lo":
+            shown.update(views)
+        if c == "test_brier":
+            shown.update({k: v for k, v in extra.items() if k != "val_auc_lo"})
+    return {c: h for c, h in shown.items() if c in board.columns and board[c].notna().any()}
+
+
 def _board_rows(board: pd.DataFrame) -> dict:
     """The shown columns' headers and each row's cells as ``(text, sort key)``; a sort key is a number or text,
     "" for a missing value (sorted last either way)."""
-    columns = [c for c in BOARD_COLUMNS if c in board.columns and board[c].notna().any()]
+    columns = _board_columns(board)
     rows = []
     for _, row in board.iterrows():
         cells = []
         for c in columns:
             v = row[c]
-            if c == "test_auc_lo" and isinstance(v, float) and not math.isnan(v):
-                cells.append((f"[{v:.4f}, {row['test_auc_hi']:.4f}]", v))
+            if c in ("test_auc_lo", "val_auc_lo") and isinstance(v, float) and not math.isnan(v):
+                cells.append((f"[{v:.4f}, {row[c[:-3] + '_hi']:.4f}]", v))
             elif c in ("delong_p", "delong_p_holm") and isinstance(v, float) and v < 0.001:
                 cells.append(("<0.001", v))
             elif isinstance(v, float):
@@ -195,7 +216,7 @@ def _board_rows(board: pd.DataFrame) -> dict:
             else:
                 cells.append(("" if pd.isna(v) else str(v), v if isinstance(v, (int, bool)) else str(v)))
         rows.append({"kind": row["kind"], "cells": cells})
-    return {"headers": [BOARD_COLUMNS[c] for c in columns], "rows": rows}
+    return {"headers": list(columns.values()), "rows": rows}
 
 
 def _number(v, signed: bool = False) -> str:

@@ -8,7 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from medzoo.benchmarks.report import SECTIONS, write_report
+from medzoo.benchmarks.report import SECTIONS, _board_rows, write_report
 from medzoo.cli import main
 from medzoo.core.rundir import RunDir
 from tests.test_train import tiny_config
@@ -110,3 +110,16 @@ def test_ranked_maps_a_repeated_boards_rows_to_the_first_repeats_tables(tmp_path
                                   "10,mean,ensemble\n4,densenet121,member\n")  # ranked by the rank column
     assert rd.ranked() == ["greedy@s0", "vgg", "densenet121@s0", "mean"]
     assert rd.ranked("member") == ["vgg", "densenet121@s0"]
+
+
+def test_a_board_without_test_labels_shows_the_validation_interval_and_the_task_views():
+    nan = float("nan")
+    board = pd.DataFrame({"rank": [1], "entry": ["mean"], "kind": ["ensemble"], "val_auc": [0.83],
+                          "val_auc_lo": [0.78], "val_auc_hi": [0.88], "test_auc": [nan], "test_auc_lo": [nan],
+                          "val_melanoma_auc": [0.74], "val_views_mean_auc": [0.82], "test_melanoma_auc": [nan],
+                          "val_ece": [0.1], "test_ece": [nan], "members": ["a, b"]})
+    rows = _board_rows(board)
+    assert rows["headers"] == ["rank", "entry", "kind", "val AUC", "val 95% CI", "val melanoma AUC",
+                               "val views mean AUC", "val ECE", "members"]
+    assert [text for text, _ in rows["rows"][0]["cells"]] == ["1", "mean", "ensemble", "0.8300", "[0.7800, 0.8800]",
+                                                              "0.7400", "0.8200", "0.1000", "a, b"]
