@@ -17,19 +17,13 @@ from sklearn.metrics import roc_curve
 
 from medzoo.benchmarks import metrics
 from medzoo.benchmarks.board import Board
-from medzoo.core.fileio import atomic_path
+from medzoo.core.figures import save_png
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.calibration import calibrated_name, is_calibrated
 
 
 KIND_COLORS = {"member": "tab:gray", "ensemble": "tab:blue"}
 HISTORY_PANELS = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("val_auc", "validation AUC"))
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    return path
 
 
 def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, path: str | Path) -> Path:
@@ -44,7 +38,7 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, p
            xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, Path(path))
+    return save_png(fig, path, dpi=120)
 
 
 def plot_confusion(matrix: np.ndarray, names: Sequence[str], title: str, path: str | Path) -> Path:
@@ -63,7 +57,7 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], title: str, path: s
     ax.set(xticks=range(c), yticks=range(c), xlabel="predicted", ylabel="true", title=title)
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_yticklabels(names)
-    return _save(fig, Path(path))
+    return save_png(fig, path, dpi=120)
 
 
 def plot_reliability(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, path: str | Path,
@@ -91,7 +85,7 @@ def plot_reliability(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title
     bottom.set(yscale="log", xlabel=f"mean predicted probability in the bin ({n_bins} equal-width bins)",
                ylabel="images per bin")
     bottom.grid(alpha=0.3)
-    return _save(fig, Path(path))
+    return save_png(fig, path, dpi=120)
 
 
 def plot_auc_bars(names: Sequence[str], kinds: Sequence[str], auc: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -113,7 +107,7 @@ def plot_auc_bars(names: Sequence[str], kinds: Sequence[str], auc: np.ndarray, l
     ax.set(yticks=ypos, xlim=(left, 1.005), xlabel=xlabel, title=title)
     ax.set_yticklabels([f"{nm} ({k})" for nm, k in zip(names, kinds)], fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, Path(path))
+    return save_png(fig, path, dpi=120)
 
 
 def plot_class_counts(counts: np.ndarray, splits: Sequence[str], names: Sequence[str], title: str,
@@ -129,7 +123,7 @@ def plot_class_counts(counts: np.ndarray, splits: Sequence[str], names: Sequence
     ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
     ax.set(ylabel="images", title=title)
     ax.legend()
-    return _save(fig, Path(path))
+    return save_png(fig, path, dpi=120)
 
 
 def plot_dataset_counts(dataset, path: str | Path) -> Path:
@@ -153,7 +147,7 @@ def plot_training_curves(histories: dict[str, pd.DataFrame], path: str | Path) -
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Training curves of the members", y=1.02)
-    return _save(fig, Path(path))
+    return save_png(fig, path, dpi=120)
 
 
 SPREAD_COLUMNS = ("entry", "kind", "replicate", "val_auc", "test_auc")
@@ -215,7 +209,7 @@ def plot_spread(frame: pd.DataFrame, path: str | Path, title: str) -> Path:
         ax.axhline(y - 0.5, color="black", lw=0.3, alpha=0.2)
     ax.plot([], [], ls="none", label="bold blue names: ensembles")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-    return _save(fig, Path(path))
+    return save_png(fig, path, dpi=120)
 
 
 def rank_agreement(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -276,7 +270,7 @@ def plot_rank_agreement(frame: pd.DataFrame, path: str | Path, title: str) -> fl
            xlabel="validation rank (1 = best)", ylabel="test rank (1 = best)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-    _save(fig, Path(path))
+    save_png(fig, path, dpi=120)
     return mean_rho
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from medzoo.core.fileio import atomic_path, write_text
+from medzoo.core.figures import save_png
+from medzoo.core.fileio import write_text
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds", "effective_batch")
 
@@ -45,5 +46,4 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_png(fig, path, tight=False)

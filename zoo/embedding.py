@@ -27,7 +27,8 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from torch import nn
 
-from medzoo.core.fileio import atomic_path, write_text
+from medzoo.core.figures import save_png
+from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.table import ProbabilityTable
@@ -248,9 +249,7 @@ def plot_embedding(e: Embedding) -> Path:
     ax.set(xticks=[], yticks=[], xlabel="t-SNE 1", ylabel="t-SNE 2")
     ax.set_title(e.title, fontsize=9)
     ax.legend(title="true class" if e.labelled else "predicted class", fontsize=8, title_fontsize=8, loc="best")
-    with atomic_path(e.png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    return e.png
+    return save_png(fig, e.png, dpi=120)
 
 
 def _write_csv(e: Embedding) -> Path:

@@ -64,7 +64,8 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from medzoo.core.fileio import atomic_path, write_text
+from medzoo.core.figures import save_png
+from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
 from medzoo.core.registry import Registry
 from medzoo.core.rundir import RunDir
@@ -514,12 +515,6 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = ALPHA) -> np.nda
     return np.round(np.clip(mixed, 0, 1) * 255).astype(np.uint8)
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
-
-
 def write_overlay(path: Path, image: np.ndarray, heat: np.ndarray, caption: str) -> Path:
     """One image's overlay with its caption as the title."""
     fig = Figure(figsize=(3.2, 3.6), layout="constrained")
@@ -527,7 +522,7 @@ def write_overlay(path: Path, image: np.ndarray, heat: np.ndarray, caption: str)
     ax.imshow(overlay(image, heat))
     ax.set_title(caption, fontsize=8)
     ax.axis("off")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_grid(path: Path, images: np.ndarray, maps: np.ndarray, picks: list[Pick], title: str) -> Path:
@@ -557,7 +552,7 @@ def write_grid(path: Path, images: np.ndarray, maps: np.ndarray, picks: list[Pic
             if c == 0 and members:
                 ax.set_ylabel(group, fontsize=11)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_members(path: Path, images: np.ndarray, maps: np.ndarray, member_maps: dict[str, np.ndarray],
@@ -575,7 +570,7 @@ def write_members(path: Path, images: np.ndarray, maps: np.ndarray, member_maps:
             ax.set_title(text, fontsize=7)
             ax.axis("off")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_picks(path: Path, picks: list[Pick]) -> Path:
