@@ -126,6 +126,14 @@ def test_embed_run_on_val_of_the_small_head(run):
     assert int(e.misclassified.sum()) == int((table.probs.argmax(axis=1) != table.labels).sum())
 
 
+def test_a_bad_perplexity_is_refused_before_any_model_runs(run, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("features were computed before the perplexity was checked")
+    monkeypatch.setattr("medzoo.zoo.embedding.penultimate_features", never)
+    with pytest.raises(ValueError, match="perplexity = -1.0; must be > 0"):
+        embed_run(run, "resnet18", perplexity=-1.0, device="cpu")
+
+
 def test_unlabelled_test_defaults_to_val_and_colours_by_prediction(tmp_path):
     run = train_run(tmp_path / "unlabelled", members='[[members]]\nmodel = "squeezenet1_1"\nsize = 32\n',
                     test_labels=False)

@@ -204,6 +204,16 @@ def test_bad_names_list_the_allowed_ones(run):
         explain_run(run.path, "r", method="occlusion", layer="layer3")
 
 
+def test_a_layer_one_member_lacks_is_refused_before_any_model_runs(run, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("a member was explained before the layer was checked on all of them")
+    monkeypatch.setattr("medzoo.zoo.explain.unit_maps", never)
+    with pytest.raises(ValueError, match=r"no module 'layer3' in this densenet model"):
+        explain_run(run.path, "weighted_mean", layer="layer3")  # resnet18 has a layer3, the other families not
+    with pytest.raises(ValueError, match="layer 'aux' is Inception's auxiliary head; densenet121 is a densenet model"):
+        explain_run(run.path, "weighted_mean", layer="aux")  # members in name order: d first
+
+
 def test_the_command_line_writes_the_figures(run, pngs, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["explain", "--help"])

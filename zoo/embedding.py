@@ -134,18 +134,25 @@ def penultimate_features(model: nn.Module, images: np.ndarray, *, mean, std, dev
     return torch.cat(batches).numpy()
 
 
+def tsne_perplexity(n: int, perplexity: float) -> float:
+    """The perplexity t-SNE runs with on ``n`` images: ``min(perplexity, (n - 1) / 3)``.
+
+    ValueError for fewer than ``MIN_IMAGES`` images or a perplexity that is not > 0.
+    """
+    if n < MIN_IMAGES:
+        raise ValueError(f"t-SNE needs at least {MIN_IMAGES} images, got {n}")
+    if not perplexity > 0:
+        raise ValueError(f"perplexity = {perplexity}; must be > 0")
+    return min(float(perplexity), (n - 1) / 3)
+
+
 def tsne(features: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> tuple[np.ndarray, float]:
     """features ``[N, D]`` -> (float64 ``[N, 2]`` t-SNE coordinates, the perplexity used).
 
     scikit-learn's :class:`~sklearn.manifold.TSNE` with PCA initialisation and ``random_state=seed``
-    (the same features and seed give the same map), at ``min(perplexity, (N - 1) / 3)``.
+    (the same features, seed and thread count give the same map), at :func:`tsne_perplexity`.
     """
-    n = len(features)
-    if n < MIN_IMAGES:
-        raise ValueError(f"t-SNE needs at least {MIN_IMAGES} images, got {n}")
-    if perplexity <= 0:
-        raise ValueError(f"perplexity = {perplexity}; must be > 0")
-    used = min(float(perplexity), (n - 1) / 3)
+    used = tsne_perplexity(len(features), perplexity)
     coords = TSNE(n_components=2, init="pca", random_state=seed, perplexity=used).fit_transform(features)
     return coords.astype(np.float64), used
 
@@ -194,6 +201,7 @@ def embed_run(run_dir: str | Path, member: str, *, split: str | None = None, per
         raise FileNotFoundError(f"member {member!r} has no {split} table ({tables[split]}); splits with a table: "
                                 f"{', '.join(there) or 'none'}")
     table = ProbabilityTable.read(tables[split])
+    tsne_perplexity(len(table.ids), perplexity)
     images = run_images(run, table.ids).at(unit.size)
     dev = resolve_device(device)
     model, ckpt, channels_last = load_unit(unit, dev)

@@ -73,9 +73,9 @@ from medzoo.ensemble.combiners import Combiner
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo.apply import (Images, MemberPlan, UnitModel, member_plan, open_entry, plan_classes, predict_run,
                               read_images, records_images, restored_method, run_images)
-from medzoo.zoo.checkpoint import model_from_checkpoint
+from medzoo.zoo.checkpoint import load_checkpoint, model_from_checkpoint
 from medzoo.zoo.device import resolve_device
-from medzoo.zoo.models import forward_logits, model_info
+from medzoo.zoo.models import create_model, forward_logits, model_info
 
 INSTALL_HINT = "pip install 'medzoo[explain]'"
 AUX = "aux"
@@ -264,6 +264,29 @@ def check_layer(method: str, layer: str | None) -> None:
                          f"CAM methods: {', '.join(METHODS.names(layer=True))}")
 
 
+def _layer_family(arch: str, layer: str | None) -> str:
+    """The family of ``arch``; raises when ``layer`` is ``"aux"`` and the family is not Inception."""
+    family = model_info(arch).family
+    if layer == AUX and family != "inception":
+        raise ValueError(f"layer {AUX!r} is Inception's auxiliary head; {arch} is a {family} model")
+    return family
+
+
+def check_entry_layer(plans: Sequence[MemberPlan], layer: str | None) -> None:
+    """Raise, before any model runs, when ``layer`` does not fit every model of ``plans``: ``"aux"`` for a family
+    other than Inception, or a module path that one of them lacks (checked on an empty model on the meta device)."""
+    if layer is None:
+        return
+    for plan in plans:
+        for u in plan.units:
+            ckpt = load_checkpoint(u.checkpoint)
+            family = _layer_family(ckpt["arch"], layer)
+            with torch.device("meta"):
+                skeleton = create_model(ckpt["arch"], num_classes=len(ckpt["classes"]),
+                                        head=ckpt.get("head", "torchvision"))
+            target_layer(skeleton, family, layer)
+
+
 def unit_maps(model: nn.Module, ckpt: dict, images: np.ndarray, targets: np.ndarray, method: str,
               layer: str | None = None, device: torch.device | str = "cpu") -> np.ndarray:
     """Maps float64 ``[N, S, S]`` in [0, 1] of one model for ``images`` uint8 ``[N, S, S, 3]`` (at its input
@@ -274,9 +297,7 @@ def unit_maps(model: nn.Module, ckpt: dict, images: np.ndarray, targets: np.ndar
     lib = require_method(method)
     check_layer(method, layer)
     entry = METHODS[method]
-    family = model_info(ckpt["arch"]).family
-    if layer == AUX and family != "inception":
-        raise ValueError(f"layer {AUX!r} is Inception's auxiliary head; {ckpt['arch']} is a {family} model")
+    family = _layer_family(ckpt["arch"], layer)
     device = torch.device(device)
     model = model.to(device).eval()
     wrapped = LogitsModel(model, ckpt["mean"], ckpt["std"], aux=layer == AUX).to(device).eval()
@@ -449,6 +470,7 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
         raise ValueError(f"per_group must be >= 1, got {per_group}")
     weights = member_weights(restored_method(run, entry)) if kind == "ensemble" else None
     plans = [member_plan(run, m) for m in (weights if weights is not None else [entry])]
+    check_entry_layer(plans, layer)
     target_index = resolve_target(target, plan_classes(plans))
     if images is not None:
         inputs = [images] if isinstance(images, (str, Path)) else list(images)
