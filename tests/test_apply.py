@@ -3,6 +3,7 @@ the saved state of every ensemble method predicts as the fitted method, and ``me
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from medzoo.cli import main
 from medzoo.config import load_config
 from medzoo.core.rundir import RunDir
+from medzoo.ensemble.calibration import calibrate_run
 from medzoo.ensemble.combiners import STATE_FORMAT, make_method, method_entry, method_names, restore_method
 from medzoo.ensemble.run import build_ensembles, default_methods
 from medzoo.ensemble.table import ProbabilityTable
@@ -122,6 +124,21 @@ def test_command_line_mistakes_are_one_line_errors(run, tmp_path, capsys):
     assert "--entry names an entry of a run folder" in capsys.readouterr().err
     assert main(["predict", str(rd.path), str(npz), "--entry", "a", "--format", "generic"]) == 1
     assert "give --out TABLE.csv" in capsys.readouterr().err
+
+
+def test_a_temperature_scaled_entry_is_its_source_with_the_temperature_applied(run, tmp_path):
+    rd, npz = run
+    copy = RunDir(shutil.copytree(rd.path, tmp_path / "tiny"))  # calibrate adds entries the other tests list
+    calibrate_run(copy.path, entries=["mean", "a"], log=None)
+    for name, source in (("mean+ts", predict_run(copy.path, npz, entry="mean", progress=False)),
+                         ("a+ts", predict_run(copy.path, npz, entry="a", progress=False))):
+        table = predict_run(copy.path, npz, entry=name, progress=False)
+        own = ProbabilityTable.read(copy.table("ensemble", name, "test"))
+        assert table.ids == own.ids and table.meta["kind"] == "ensemble"
+        np.testing.assert_allclose(table.probs, own.probs, rtol=0, atol=1e-6)
+        assert not np.allclose(table.probs, source.probs, rtol=0, atol=1e-3)  # a temperature away from 1 moved it
+        assert table.meta["temperature"] == own.meta["temperature"] != 1.0
+        assert table.meta["calibrated_from"] == name.removesuffix("+ts")
 
 
 def test_an_npz_gives_its_test_split_unless_one_is_named(tmp_path):

@@ -14,6 +14,7 @@ from PIL import Image
 from medzoo.cli import main
 from medzoo.config import load_config
 from medzoo.core.rundir import RunDir
+from medzoo.ensemble.calibration import calibrate_run
 from medzoo.ensemble.run import build_ensembles
 from medzoo.ensemble.table import ProbabilityTable
 from medzoo.zoo.cache import resize_array
@@ -212,6 +213,15 @@ def test_a_layer_one_member_lacks_is_refused_before_any_model_runs(run, monkeypa
         explain_run(run.path, "weighted_mean", layer="layer3")  # resnet18 has a layer3, the other families not
     with pytest.raises(ValueError, match="layer 'aux' is Inception's auxiliary head; densenet121 is a densenet model"):
         explain_run(run.path, "weighted_mean", layer="aux")  # members in name order: d first
+
+
+def test_a_temperature_scaled_entry_is_explained_by_its_source_models(run, pngs, tmp_path):
+    copy = shutil.copytree(run.path, tmp_path / "tiny")
+    calibrate_run(copy, entries=["weighted_mean"], log=None)
+    scaled = explain_run(copy, "weighted_mean+ts", images=pngs, out=tmp_path / "scaled")
+    source = explain_run(copy, "weighted_mean", images=pngs, out=tmp_path / "source")
+    np.testing.assert_array_equal(scaled.maps, source.maps)
+    assert [p.prob for p in scaled.picks] != [p.prob for p in source.picks]  # the captions show the scaled p
 
 
 def test_the_command_line_writes_the_figures(run, pngs, tmp_path, capsys):

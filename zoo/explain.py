@@ -71,8 +71,8 @@ from medzoo.core.registry import Registry
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.combiners import Combiner
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.apply import (Images, MemberPlan, UnitModel, member_plan, open_entry, plan_classes, predict_run,
-                              read_images, records_images, restored_method, run_images)
+from medzoo.zoo.apply import (Images, MemberPlan, UnitModel, calibration_of, member_plan, open_entry, plan_classes,
+                              predict_run, read_images, records_images, restored_method, run_images)
 from medzoo.zoo.checkpoint import load_checkpoint, model_from_checkpoint
 from medzoo.zoo.device import resolve_device
 from medzoo.zoo.models import create_model, forward_logits, model_info
@@ -468,8 +468,10 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if per_group < 1:
         raise ValueError(f"per_group must be >= 1, got {per_group}")
-    weights = member_weights(restored_method(run, entry)) if kind == "ensemble" else None
-    plans = [member_plan(run, m) for m in (weights if weights is not None else [entry])]
+    calibrated = calibration_of(run, entry)  # a temperature-scaled entry's maps are its source's
+    model_kind, model_entry = calibrated[:2] if calibrated is not None else (kind, entry)
+    weights = member_weights(restored_method(run, model_entry)) if model_kind == "ensemble" else None
+    plans = [member_plan(run, m) for m in (weights if weights is not None else [model_entry])]
     check_entry_layer(plans, layer)
     target_index = resolve_target(target, plan_classes(plans))
     if images is not None:
