@@ -308,5 +308,5 @@ def test_the_head_speed_benchmark_compares_both_heads(capsys):
 def test_the_compile_benchmark_weighs_against_the_steps_of_the_shipped_bench():
     from medzoo.benchmarks.speed_compile import bench_steps
 
-    # benchmarks/pneumoniamnist.toml: resnet18 8 epochs, squeezenet1_1 12, of 60 batches each
-    assert bench_steps(["resnet18", "squeezenet1_1", "alexnet"]) == {"resnet18": 480, "squeezenet1_1": 720}
+    # benchmarks/pneumoniamnist.toml: resnet18 12 epochs, squeezenet1_1 24, of 60 batches each
+    assert bench_steps(["resnet18", "squeezenet1_1", "alexnet"]) == {"resnet18": 720, "squeezenet1_1": 1440}
