@@ -24,6 +24,7 @@ scaled.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -194,6 +195,31 @@ def calibrate_run(run_dir: str | Path, entries: Sequence[str] | None = None, bou
             log(f"{out:>24s}  T {t:.4g}  val NLL {before:.4f} -> {after:.4f}  -> {results[out]['dir']}"
                 + (f"  (T at the bound {bounds}: the val NLL still fell there)" if at_bound else ""))
     return results
+
+
+def calibration_source(run_dir: str | Path, entry: str) -> tuple[str, str, float] | None:
+    """``(source kind, source entry, temperature)`` of an entry :func:`calibrate_run` wrote (a ``+ts`` name), from
+    its val table's sidecar; None for any other entry.
+
+    Raises when that sidecar is missing or not calibrate's, and when the source's val table no longer gives the
+    scaled one (the source was rebuilt after calibrating, so the temperature is stale).
+    """
+    if not is_calibrated(entry):
+        return None
+    rd = RunDir(run_dir)
+    val = rd.table("ensemble", entry, "val")
+    meta = json.loads(sidecar_path(val).read_text()) if sidecar_path(val).is_file() else {}
+    source = meta.get("calibrated_from")
+    if not isinstance(source, dict) or "temperature" not in meta:
+        raise ValueError(f"entry {entry!r} is named as a temperature-scaled copy, but {sidecar_path(val)} is missing "
+                         f"or records no source and temperature; rerun `medzoo calibrate {rd.path}`")
+    kind, name, t = source["kind"], source["name"], float(meta["temperature"])
+    original, scaled = ProbabilityTable.read(rd.table(kind, name, "val")), ProbabilityTable.read(val)
+    if original.ids != scaled.ids or not np.allclose(apply_temperature(original.probs, t), scaled.probs,
+                                                     rtol=0, atol=1e-6):
+        raise ValueError(f"entry {entry!r}: {kind} {name!r} has changed since it was temperature-scaled (T {t:.4g} "
+                         f"no longer gives the scaled val table); rerun `medzoo calibrate {rd.path} --entries {name}`")
+    return kind, name, t
 
 
 def _pick(sources: list[tuple[str, str]], entries: Sequence[str] | None, rd: RunDir) -> list[tuple[str, str]]:

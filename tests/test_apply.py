@@ -130,15 +130,19 @@ def test_a_temperature_scaled_entry_is_its_source_with_the_temperature_applied(r
     rd, npz = run
     copy = RunDir(shutil.copytree(rd.path, tmp_path / "tiny"))  # calibrate adds entries the other tests list
     calibrate_run(copy.path, entries=["mean", "a"], log=None)
-    for name, source in (("mean+ts", predict_run(copy.path, npz, entry="mean", progress=False)),
-                         ("a+ts", predict_run(copy.path, npz, entry="a", progress=False))):
+    for name, kind, source in (("mean+ts", "ensemble", predict_run(copy.path, npz, entry="mean", progress=False)),
+                               ("a+ts", "member", predict_run(copy.path, npz, entry="a", progress=False))):
         table = predict_run(copy.path, npz, entry=name, progress=False)
         own = ProbabilityTable.read(copy.table("ensemble", name, "test"))
         assert table.ids == own.ids and table.meta["kind"] == "ensemble"
         np.testing.assert_allclose(table.probs, own.probs, rtol=0, atol=1e-6)
         assert not np.allclose(table.probs, source.probs, rtol=0, atol=1e-3)  # a temperature away from 1 moved it
         assert table.meta["temperature"] == own.meta["temperature"] != 1.0
-        assert table.meta["calibrated_from"] == name.removesuffix("+ts")
+        assert table.meta["calibrated_from"] == {"kind": kind, "name": name.removesuffix("+ts")}
+    build_ensembles(copy.path, config={"members": ENTRIES[:2], "methods": ["mean"]}, log=None)  # mean, rebuilt
+    with pytest.raises(ValueError, match=r"entry 'mean\+ts': ensemble 'mean' has changed since it was "
+                                         r"temperature-scaled .* rerun `medzoo calibrate .* --entries mean`"):
+        predict_run(copy.path, npz, entry="mean+ts", progress=False)
 
 
 def test_an_npz_gives_its_test_split_unless_one_is_named(tmp_path):

@@ -209,9 +209,10 @@ def test_a_layer_one_member_lacks_is_refused_before_any_model_runs(run, monkeypa
     def never(*args, **kwargs):
         raise AssertionError("a member was explained before the layer was checked on all of them")
     monkeypatch.setattr("medzoo.zoo.explain.unit_maps", never)
-    with pytest.raises(ValueError, match=r"no module 'layer3' in this densenet model"):
+    with pytest.raises(ValueError, match=r"member 'd': no module 'layer3' in this densenet model"):
         explain_run(run.path, "weighted_mean", layer="layer3")  # resnet18 has a layer3, the other families not
-    with pytest.raises(ValueError, match="layer 'aux' is Inception's auxiliary head; densenet121 is a densenet model"):
+    with pytest.raises(ValueError, match="member 'd': layer 'aux' is Inception's auxiliary head; densenet121 is a "
+                                         "densenet model"):
         explain_run(run.path, "weighted_mean", layer="aux")  # members in name order: d first
 
 
@@ -222,6 +223,11 @@ def test_a_temperature_scaled_entry_is_explained_by_its_source_models(run, pngs,
     source = explain_run(copy, "weighted_mean", images=pngs, out=tmp_path / "source")
     np.testing.assert_array_equal(scaled.maps, source.maps)
     assert [p.prob for p in scaled.picks] != [p.prob for p in source.picks]  # the captions show the scaled p
+    assert scaled.kind == "ensemble" and scaled.members_png.is_file()
+    calibrate_run(copy, entries=["r"], log=None)
+    member = explain_run(copy, "r+ts", images=pngs, out=tmp_path / "member")  # a member's copy: no members.png
+    assert member.kind == "member" and member.members_png is None
+    np.testing.assert_array_equal(member.maps, explain_run(copy, "r", images=pngs, out=tmp_path / "r").maps)
 
 
 def test_the_command_line_writes_the_figures(run, pngs, tmp_path, capsys):

@@ -10,7 +10,7 @@ An ensemble entry combines its members' outputs with the method restored from th
 its tables (``RunDir.ensemble_state``, :func:`medzoo.ensemble.combiners.restore_method`),
 with no refit; methods that rank images (``rank_mean``) rank them among the images given. A
 temperature-scaled entry (``medzoo calibrate``'s ``<name>+ts``) is its source entry's output with the
-temperature fitted on validation applied (:func:`calibration_of`).
+temperature fitted on validation applied (:func:`medzoo.ensemble.calibration.calibration_source`).
 
 Inputs (:func:`read_images`): image files and folders (searched recursively; ids are the file stems,
 :func:`medzoo.zoo.predict.image_paths`), a CSV of image paths (a ``path`` / ``file`` / ``filename`` /
@@ -35,7 +35,7 @@ from tqdm import tqdm
 from medzoo.core.fileio import file_digest
 from medzoo.core.names import unknown_name
 from medzoo.core.rundir import MemberDir, RunDir
-from medzoo.ensemble.calibration import apply_temperature, is_calibrated
+from medzoo.ensemble.calibration import apply_temperature, calibration_source
 from medzoo.ensemble.combiners import Combiner, restore_method
 from medzoo.ensemble.table import ProbabilityTable, sidecar_path
 from medzoo.zoo.cache import load_images, resize_array
@@ -94,7 +94,8 @@ def open_entry(run_dir: str | Path, entry: str) -> tuple[RunDir, str]:
 def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], *, entry: str,
                 out: str | Path | None = None, device: str = "auto", batch_size: int | None = None,
                 chunk: int = CHUNK, progress: bool = True) -> ProbabilityTable:
-    """Probability table of run entry ``entry`` (a member or an ensemble) for new images.
+    """Probability table ``[N, C]`` of run entry ``entry`` (a member, an ensemble or a temperature-scaled
+    ``+ts`` copy of either) for new images.
 
     ``images``: image files and folders, a CSV of image paths, or an ``.npz`` (see :func:`read_images`).
     Every model the entry needs runs as its tables were made (see the module docstring), on
@@ -106,7 +107,7 @@ def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], 
     run, kind = open_entry(run_dir, entry)
     inputs = [images] if isinstance(images, (str, Path)) else list(images)
     records = read_images(inputs)
-    table = _entry_table(run, kind, entry, records, resolve_device(device), batch_size=batch_size, chunk=chunk,
+    table = _predict_table(run, kind, entry, records, resolve_device(device), batch_size=batch_size, chunk=chunk,
                          progress=progress)
     table.meta.update(split="test", source="medzoo predict", run=str(run.path), entry=entry, kind=kind,
                       inputs=[str(i) for i in inputs])
@@ -115,17 +116,18 @@ def predict_run(run_dir: str | Path, images: str | Path | Sequence[str | Path], 
     return table
 
 
-def _entry_table(run: RunDir, kind: str, entry: str, records: SplitRecords, device: torch.device, *,
+def _predict_table(run: RunDir, kind: str, entry: str, records: SplitRecords, device: torch.device, *,
                  batch_size: int | None, chunk: int, progress: bool) -> ProbabilityTable:
     """The table of ``entry`` for ``records``: its members' tables, combined by its restored method for an
     ensemble; a temperature-scaled entry is its source's table with the fitted temperature applied."""
-    calibrated = calibration_of(run, entry)
+    calibrated = calibration_source(run.path, entry)
     if calibrated is not None:
         source_kind, source, temperature = calibrated
-        table = _entry_table(run, source_kind, source, records, device, batch_size=batch_size, chunk=chunk,
+        table = _predict_table(run, source_kind, source, records, device, batch_size=batch_size, chunk=chunk,
                              progress=progress)
         return ProbabilityTable(table.ids, table.classes, apply_temperature(table.probs, temperature), table.labels,
-                                {**table.meta, "calibrated_from": source, "temperature": temperature})
+                                {**table.meta, "calibrated_from": {"kind": source_kind, "name": source},
+                                 "temperature": temperature})
     method = restored_method(run, entry) if kind == "ensemble" else None
     plans = [member_plan(run, m) for m in (method.members_ if method is not None else [entry])]
     classes = plan_classes(plans)
@@ -134,16 +136,6 @@ def _entry_table(run: RunDir, kind: str, entry: str, records: SplitRecords, devi
     tables = [ProbabilityTable(records.ids, classes, probs[p.entry], records.labels, _member_meta(p))
               for p in plans]
     return method.predict(tables) if method is not None else tables[0]
-
-
-def calibration_of(run: RunDir, entry: str) -> tuple[str, str, float] | None:
-    """``(source kind, source entry, temperature)`` of an entry that ``medzoo calibrate`` wrote (a ``+ts`` name),
-    from its val table's sidecar; None for any other entry."""
-    if not is_calibrated(entry):
-        return None
-    meta = _sidecar(run.table("ensemble", entry, "val"))
-    source = meta["calibrated_from"]
-    return source["kind"], source["name"], float(meta["temperature"])
 
 
 def restored_method(run: RunDir, entry: str) -> Combiner:

@@ -96,6 +96,12 @@ def model_from_checkpoint(path: str | Path, device="cpu") -> tuple[torch.nn.Modu
     epoch's weights), in eval mode on ``device``, with the head it was trained with (``"head"``; older
     checkpoints, without the key, are torchvision's); returns ``(model, checkpoint)``."""
     ckpt = load_checkpoint(path)
-    model = create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), head=ckpt.get("head", "torchvision"))
+    model = model_for_checkpoint(ckpt)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+def model_for_checkpoint(ckpt: dict) -> torch.nn.Module:
+    """A freshly initialised model of the architecture, class count and head a checkpoint records (older
+    checkpoints, without ``"head"``, are torchvision's), built on the current default device."""
+    return create_model(ckpt["arch"], num_classes=len(ckpt["classes"]), head=ckpt.get("head", "torchvision"))

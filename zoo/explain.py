@@ -69,13 +69,14 @@ from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
 from medzoo.core.registry import Registry
 from medzoo.core.rundir import RunDir
+from medzoo.ensemble.calibration import calibration_source
 from medzoo.ensemble.combiners import Combiner
 from medzoo.ensemble.table import ProbabilityTable
-from medzoo.zoo.apply import (Images, MemberPlan, UnitModel, calibration_of, member_plan, open_entry, plan_classes,
-                              predict_run, read_images, records_images, restored_method, run_images)
-from medzoo.zoo.checkpoint import load_checkpoint, model_from_checkpoint
+from medzoo.zoo.apply import (Images, MemberPlan, UnitModel, member_plan, open_entry, plan_classes, predict_run,
+                              read_images, records_images, restored_method, run_images)
+from medzoo.zoo.checkpoint import load_checkpoint, model_for_checkpoint, model_from_checkpoint
 from medzoo.zoo.device import resolve_device
-from medzoo.zoo.models import create_model, forward_logits, model_info
+from medzoo.zoo.models import forward_logits, model_info
 
 INSTALL_HINT = "pip install 'medzoo[explain]'"
 AUX = "aux"
@@ -274,17 +275,24 @@ def _layer_family(arch: str, layer: str | None) -> str:
 
 def check_entry_layer(plans: Sequence[MemberPlan], layer: str | None) -> None:
     """Raise, before any model runs, when ``layer`` does not fit every model of ``plans``: ``"aux"`` for a family
-    other than Inception, or a module path that one of them lacks (checked on an empty model on the meta device)."""
+    other than Inception, or a module path that one of them lacks (checked on an empty model on the meta device);
+    the message names the member."""
     if layer is None:
         return
+    seen = set()
     for plan in plans:
         for u in plan.units:
             ckpt = load_checkpoint(u.checkpoint)
-            family = _layer_family(ckpt["arch"], layer)
-            with torch.device("meta"):
-                skeleton = create_model(ckpt["arch"], num_classes=len(ckpt["classes"]),
-                                        head=ckpt.get("head", "torchvision"))
-            target_layer(skeleton, family, layer)
+            key = (ckpt["arch"], ckpt.get("head"), len(ckpt["classes"]))
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                family = _layer_family(ckpt["arch"], layer)
+                with torch.device("meta"):
+                    target_layer(model_for_checkpoint(ckpt), family, layer)
+            except ValueError as e:
+                raise ValueError(f"member {plan.entry!r}: {e}") from None
 
 
 def unit_maps(model: nn.Module, ckpt: dict, images: np.ndarray, targets: np.ndarray, method: str,
@@ -452,7 +460,8 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
                 method: str = "gradcam", target: str | None = None, layer: str | None = None, per_group: int = 4,
                 size: int | None = None, device: str = "auto", out: str | Path | None = None,
                 progress: bool = False) -> Explanation:
-    """Heatmaps of run entry ``entry`` (a member or an ensemble) and the figures of them (see the module docstring).
+    """Heatmaps of run entry ``entry`` (a member, an ensemble, or a ``+ts`` copy of one: its source's maps) and the
+    figures of them (see the module docstring).
 
     ``images``: what to explain (files, folders, a CSV of paths or an ``.npz``, as ``medzoo predict``); default:
     the ``per_group`` most confident TP / FP / FN on test (:func:`pick_images`). ``method``: a name of
@@ -468,7 +477,7 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
         raise ValueError(f"size must be a positive number of pixels, got {size}")
     if per_group < 1:
         raise ValueError(f"per_group must be >= 1, got {per_group}")
-    calibrated = calibration_of(run, entry)  # a temperature-scaled entry's maps are its source's
+    calibrated = calibration_source(run.path, entry)  # a temperature-scaled entry's maps are its source's
     model_kind, model_entry = calibrated[:2] if calibrated is not None else (kind, entry)
     weights = member_weights(restored_method(run, model_entry)) if model_kind == "ensemble" else None
     plans = [member_plan(run, m) for m in (weights if weights is not None else [model_entry])]
@@ -505,10 +514,10 @@ def explain_run(run_dir: str | Path, entry: str, *, images: str | Path | Sequenc
                 for k, p in enumerate(picks)]
     grid = write_grid(folder / "grid.png", display, maps, picks, title)
     members_png = (write_members(folder / "members.png", display, maps, member_maps, w, picks, title)
-                   if kind == "ensemble" else None)
+                   if model_kind == "ensemble" else None)
     picks_csv = write_picks(folder / "picks.csv", picks)
-    return Explanation(entry, kind, method, split, picks, maps, member_maps, w, folder, overlays, grid, picks_csv,
-                       members_png, note)
+    return Explanation(entry, model_kind, method, split, picks, maps, member_maps, w, folder, overlays, grid,
+                       picks_csv, members_png, note)
 
 
 def _remove_stale(folder: Path, picks: list[Pick]) -> None:

@@ -21,7 +21,8 @@ def register(sub) -> None:
                     "explain extra: pip install 'medzoo[explain]'.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. results/pneumoniamnist")
-    p.add_argument("--entry", help="the member id or ensemble name to explain (default: the leaderboard's rank 1)")
+    p.add_argument("--entry", help="the member id or ensemble name to explain (default: the leaderboard's rank 1); "
+                                   "a temperature-scaled copy (mean+ts) has its source's maps")
     p.add_argument("--images", nargs="+", metavar="IMAGE",
                    help="explain these instead: image files and/or folders, one CSV of image paths, or one .npz "
                         "(FILE.npz or FILE.npz:SPLIT), as medzoo predict reads them")

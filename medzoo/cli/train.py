@@ -49,7 +49,8 @@ def register(sub) -> None:
                    help="image files and/or folders (searched recursively); with a run folder also one CSV of image "
                         "paths, or one .npz (FILE.npz: its images, else its test split; FILE.npz:SPLIT)")
     p.add_argument("--entry", help="with a run folder: the member id or ensemble name to apply, e.g. resnet18, "
-                                   "stacking, resnet18@s1, mean@s1")
+                                   "stacking, resnet18@s1, mean@s1, or a temperature-scaled copy (medzoo calibrate), "
+                                   "e.g. mean+ts")
     p.add_argument("--out", help="write the table to this CSV (+ .json sidecar); default: print it")
     p.add_argument("--format", help="also write a challenge submission of the table (see medzoo submit --help for "
                                     "the formats) beside --out, as <out stem>.<format>.csv")

@@ -1,7 +1,7 @@
 """One writer for every figure medzoo draws: an atomic, 256-colour PNG.
 
-Quantizing to a 256-colour palette (median cut) makes a heatmap grid about 4x smaller and a line
-plot about 2x smaller than a full-colour PNG, with no visible loss, which keeps the committed
+Quantizing to a 256-colour palette (median cut) makes the heatmap grids about 3-4x smaller and the line
+plots about 3x smaller than full-colour PNGs, with no visible loss, which keeps the committed
 reference runs, and the self-contained reports that embed their figures, small.
 """
 from __future__ import annotations
