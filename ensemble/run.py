@@ -348,6 +348,7 @@ def build_ensembles(run_dir: str | Path, methods=None, config: dict | None = Non
     if test_tables:
         align(test_tables)
     names = list(methods or config.get("methods") or default_methods(config, len(classes)))
+    config = _per_repeat(config, [t.name for t in val_tables])
     check_ensemble_config({**config, "methods": names, "members": [t.name for t in val_tables]}, len(classes))
     tagged = any(TAG in m for m in config.get("members") or [])  # named repeats: one ensemble across them
     groups = {"": [t.name for t in val_tables]} if tagged else repeat_groups([t.name for t in val_tables])
@@ -367,10 +368,9 @@ def _build_group(run: RunDir, names: list[str], config: dict, val_tables: list[P
     Under ``[cv]`` each method is also applied to every fold's own member test tables (``test.fold<k>``).
     """
     left_out = [] if config.get("members") else near_chance_members(val_tables, log)
-    if left_out:
-        val_tables = [t for t in val_tables if t.name not in left_out]
-        test_tables = [t for t in test_tables if t.name not in left_out]
-        config = _restricted(config, [t.name for t in val_tables])
+    val_tables = [t for t in val_tables if t.name not in left_out]
+    test_tables = [t for t in test_tables if t.name not in left_out]
+    config = _restricted(config, [t.name for t in val_tables])  # this repeat's members, those kept
     if len(val_tables) < 2:
         if log:
             have = f"only one member ({val_tables[0].name})" if val_tables else "no member left"
@@ -423,17 +423,34 @@ def near_chance_members(val_tables: list[ProbabilityTable], log=print) -> list[s
     return out
 
 
-def _restricted(config: dict, members: list[str]) -> dict:
-    """``config`` with every ``{member: value}`` option (``threshold``, ``weights``, a combiner's ``threshold``)
-    restricted to ``members``."""
-    def keep(value):
-        return {m: v for m, v in value.items() if m in members} if isinstance(value, dict) else value
+def _per_member_options(config: dict, change) -> dict:
+    """``config`` with ``change`` (a ``{member: value} -> {member: value}`` function) applied to every per-member
+    option: ``threshold``, ``weights`` and a combiner's ``threshold``, where they are tables."""
+    def apply(value):
+        return change(value) if isinstance(value, dict) else value
 
-    out = {k: keep(v) if k in ("threshold", "weights") else v for k, v in config.items()}
+    out = {k: apply(v) if k in ("threshold", "weights") else v for k, v in config.items()}
     for name in COMBINERS.names():
         if name in out and "threshold" in out[name]:
-            out[name] = {**out[name], "threshold": keep(out[name]["threshold"])}
+            out[name] = {**out[name], "threshold": apply(out[name]["threshold"])}
     return out
+
+
+def _restricted(config: dict, members: list[str]) -> dict:
+    """``config`` with every per-member option restricted to ``members``."""
+    return _per_member_options(config, lambda value: {m: v for m, v in value.items() if m in members})
+
+
+def _per_repeat(config: dict, names: list[str]) -> dict:
+    """``config`` with each per-member option's untagged key given to every repeat of that member among the
+    table ``names`` (``resnet18`` -> ``resnet18@s0``, ``resnet18@s1``, ...); other keys are kept as they are."""
+    def expand(value: dict) -> dict:
+        out = {}
+        for key, v in value.items():
+            repeats = [] if key in names else [n for n in names if TAG in n and n.split(TAG, 1)[0] == key]
+            out.update(dict.fromkeys(repeats, v) if repeats else {key: v})
+        return out
+    return _per_member_options(config, expand)
 
 
 def _write(table: ProbabilityTable, path: Path) -> None:

@@ -37,7 +37,23 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ZooConfig:
     path = config_path(path)
     raw = read_toml(path, "config file")
     check_sections(raw, source=str(path))
-    return parse_config(raw, overrides=overrides, source=str(path))
+    cfg = parse_config(raw, overrides=overrides, source=str(path))
+    check_member_options(raw.get("ensemble", {}), cfg, source=str(path))
+    return cfg
+
+
+def check_member_options(section: dict, cfg: ZooConfig, source: str | None = None) -> None:
+    """Check the ``[ensemble]`` options given per member (``weights``, ``threshold``) against the zoo's member
+    tables (``<id>`` or ``<id>.snap<j>``, each standing for all its repeats), so that a missing or misspelt member
+    stops the run before training rather than at the ensemble stage. ``[ensemble] members``, when given, is
+    what they are checked against already."""
+    if "members" in section:
+        return
+    entries = [e for m in cfg.members for e in m.entries]
+    try:
+        ensemble_run.check_ensemble_config({**section, "members": entries})
+    except ValueError as e:
+        raise ValueError(f"{source or 'config'}: {e}") from None
 
 
 def check_sections(raw: dict, source: str | None = None) -> None:

@@ -334,3 +334,16 @@ def test_the_ensemble_layer_imports_neither_torch_nor_zoo():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('medzoo.zoo')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_per_member_weights_of_a_repeated_run_apply_to_every_repeat(tmp_path):
+    run = write_run(tmp_path, members=("alpha@s0", "alpha@s1", "beta@s0", "beta@s1", "gamma"))  # gamma: one seed
+    config = {"methods": ["weighted_mean"], "weights": {"alpha": 1.0, "beta": 3.0, "gamma": 4.0}}
+    assert sorted(build_ensembles(run, config=config, log=None)) == ["weighted_mean@s0", "weighted_mean@s1"]
+    for seed in (0, 1):
+        table = ProbabilityTable.read(run / "ensembles" / f"weighted_mean@s{seed}" / "test.csv")
+        assert table.meta["weights"] == {f"alpha@s{seed}": 0.125, f"beta@s{seed}": 0.375, "gamma": 0.5}
+        member = {m: ProbabilityTable.read(run / "predictions" / m / "test.csv").probs
+                  for m in (f"alpha@s{seed}", f"beta@s{seed}", "gamma")}
+        np.testing.assert_allclose(table.probs, 0.125 * member[f"alpha@s{seed}"] + 0.375 * member[f"beta@s{seed}"]
+                                   + 0.5 * member["gamma"], rtol=0, atol=1e-9)

@@ -35,6 +35,8 @@ def with_section(path: Path, text: str) -> Path:
     ("[submission]\nformatt = \"isic2017\"", r"'formatt'; did you mean 'format'\?"),
     ("[leaderboard]\nbootstrapp = 10", r"'bootstrapp'; did you mean 'bootstrap'\?"),
     ("[ensemble]\nmethods = [\"greddy\"]", r"'greddy'; did you mean 'greedy'\?"),
+    ("[ensemble]\nweights = {squeezenet = 1.0}", r"\[ensemble\] weights is given per member; missing members "
+                                                  r"\['squeezenet1_1'\], unknown members \['squeezenet'\]"),
 ])
 def test_a_typo_in_any_section_fails_before_training(tmp_path, capsys, section, match):
     config = with_section(tiny_config(tmp_path), section)
@@ -45,6 +47,15 @@ def test_a_typo_in_any_section_fails_before_training(tmp_path, capsys, section, 
     assert time.perf_counter() - started < 5
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "r").exists()
+
+
+def test_per_member_options_name_the_members_once_for_all_their_repeats(tmp_path):
+    members = ('[[members]]\nmodel = "squeezenet1_1"\nid = "a"\nsize = 32\n'
+               '[[members]]\nmodel = "squeezenet1_1"\nid = "b"\nsize = 32\nsnapshots = 2\nschedule = "cosine"\n')
+    config = tiny_config(tmp_path, members=members)
+    config.write_text("seeds = [0, 1]\n" + config.read_text().replace(
+        "[[members]]", '[ensemble]\nweights = {a = 1.0, "b.snap1" = 1.0, "b.snap2" = 2.0}\n[[members]]', 1))
+    assert [m.id for m in load_config(config).members] == ["a", "b"]
 
 
 def test_shipped_configs_are_found_by_name_and_a_wrong_name_suggests(tmp_path):
