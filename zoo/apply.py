@@ -256,9 +256,10 @@ def run_images(run: RunDir, ids: list[str]) -> Images:
     if "dataset" not in config:
         raise ValueError(f"{run.config_json} names no dataset to read the images from; give the images instead")
     ds = open_dataset(config["dataset"], data_root=config.get("data_root"))
+    records = {split: ds.records(split) for split in ds.splits}
     where = {}
-    for split in ds.splits:
-        for row, i in enumerate(ds.records(split).ids):
+    for split, rec in records.items():
+        for row, i in enumerate(rec.ids):
             where.setdefault(i, (split, row))
     missing = [i for i in ids if i not in where]
     if missing:
@@ -267,7 +268,7 @@ def run_images(run: RunDir, ids: list[str]) -> Images:
     parts = []
     for split in dict.fromkeys(where[i][0] for i in ids):
         pos = np.array([k for k, i in enumerate(ids) if where[i][0] == split])
-        rec = ds.records(split).subset(np.array([where[ids[k]][1] for k in pos]))
+        rec = records[split].subset(np.array([where[ids[k]][1] for k in pos]))
         array = records_array(rec)
         parts.append((pos, rec, None if array is None else array[rec.index]))
     return Images(len(ids), parts)

@@ -144,9 +144,10 @@ class RunDir:
         with open(self.leaderboard_csv, newline="") as f:
             rows = [r for r in csv.DictReader(f) if kind is None or r.get("kind") == kind]
         rows.sort(key=lambda r: float(r.get("rank") or "inf"))
+        tables = {k: self.table_names(k) for k in {r["kind"] for r in rows}}
         out = []
         for row in rows:
-            names = self.table_names(row["kind"])
+            names = tables[row["kind"]]
             name = row["entry"] if row["entry"] in names else next(
                 (n for n in names if n.split(TAG)[0] == row["entry"]), None)
             if name is not None and name not in out:
