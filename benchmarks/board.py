@@ -12,6 +12,11 @@ import pandas as pd
 from medzoo.ensemble.table import ProbabilityTable
 
 
+def repeat_label(tag: str) -> str:
+    """A repeat's tag -> its ``replicate`` in :attr:`Board.repeats`: ``"s1"`` -> ``"seed 1"``."""
+    return f"seed {tag[1:]}"
+
+
 @dataclass(frozen=True)
 class Task:
     """A binary task read off class probabilities: positive = any class in ``positive`` (column indices)."""

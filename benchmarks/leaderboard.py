@@ -50,7 +50,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medzoo.benchmarks import metrics
-from medzoo.benchmarks.board import Board, Entry, Task
+from medzoo.benchmarks.board import Board, Entry, Task, repeat_label
 from medzoo.benchmarks.plots import draw_board, rank_agreement
 from medzoo.core.fileio import write_text
 from medzoo.core.names import unknown_name
@@ -346,7 +346,7 @@ def _aggregate(per: dict, notes: list[str]) -> tuple[pd.DataFrame, dict, str | N
     long = []
     for tag, (group, rows, _) in per.items():
         for e, row in zip(group, rows):
-            long.append({**row, "entry": base_name(e.name), "replicate": f"seed {tag[1:]}", "_entry": e})
+            long.append({**row, "entry": base_name(e.name), "replicate": repeat_label(tag), "_entry": e})
     frame_long = pd.DataFrame(long)
     keys = list(dict.fromkeys(zip(frame_long["kind"], frame_long["entry"])))
     skip = ("entry", "kind", "replicate", "_entry", "val_scored", "near_chance", "members")

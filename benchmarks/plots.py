@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 from medzoo.benchmarks import metrics
-from medzoo.benchmarks.board import Board
+from medzoo.benchmarks.board import Board, repeat_label
 from medzoo.core.figures import save_png
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.calibration import calibrated_name, is_calibrated
@@ -286,6 +286,12 @@ def _task_arrays(board: Board, table) -> tuple[np.ndarray, np.ndarray, str]:
     return onehot.ravel(), table.probs.ravel(), "micro-averaged one-vs-rest"
 
 
+def _shown_repeat(board: Board) -> str:
+    """The title suffix of the figures drawn from one table per entry: a repeated run's are its first repeat's."""
+    tags = board.info.get("repeats") or []
+    return f", repeat {tags[0]} of {len(tags)}" if tags else ""
+
+
 def draw_board(run_dir: str | Path, board: Board) -> list[Path]:
     """Draw every leaderboard figure into the run's ``plots/``; returns the files written.
 
@@ -293,7 +299,9 @@ def draw_board(run_dir: str | Path, board: Board) -> list[Path]:
     entry, AUC bars with CIs, a reliability diagram (``calibration.png``) of the top two entries and
     the best member with their temperature-scaled copies, each entry's spread over repeats or folds,
     validation rank against test rank (temperature-scaled copies left out), and the members' training
-    curves, each where there is something to draw.
+    curves, each where there is something to draw. In a repeated run the ROC, confusion and
+    reliability figures show the first repeat's tables (their titles say so), at that repeat's own
+    threshold; the board's rows are means over the repeats.
     """
     rd = RunDir(run_dir)
     split = _split_for(board)
@@ -342,7 +350,7 @@ def _draw_roc(board: Board, pick: list[tuple[str, str]], split: str, path: Path)
         y, score, what = _task_arrays(board, getattr(board.entries[(kind, name)], split))
         curves.append((f"{name}" + (" (best member)" if kind == "member" else ""), y, score))
     withheld = " (test labels withheld)" if split == "val" and board.info.get("n_test") else ""
-    return plot_roc(curves, f"ROC on {split}{withheld}, {what}", path)
+    return plot_roc(curves, f"ROC on {split}{withheld}, {what}{_shown_repeat(board)}", path)
 
 
 def _calibration_pick(board: Board, scored: list[tuple[str, str]], split: str) -> list[tuple[str, str]]:
@@ -366,13 +374,16 @@ def _draw_reliability(board: Board, pick: list[tuple[str, str]], split: str, pat
     what = (f"probability of '{board.classes[1]}'" if len(board.classes) == 2
             else "top label (largest probability)")
     withheld = " (test labels withheld)" if split == "val" and board.info.get("n_test") else ""
-    return plot_reliability(curves, f"Reliability on {split}{withheld}, {what}", path)
+    return plot_reliability(curves, f"Reliability on {split}{withheld}, {what}{_shown_repeat(board)}", path)
 
 
 def _draw_confusion(board: Board, top: tuple[str, str], split: str, path: Path) -> Path:
     """The confusion matrix of entry ``top``: at its threshold for one binary task, else of the argmax."""
     t = getattr(board.entries[top], split)
     frame = board.frame
+    tags = board.info.get("repeats") or []
+    if tags:
+        frame = board.repeats[board.repeats["replicate"] == repeat_label(tags[0])]
     row = frame[(frame["kind"] == top[0]) & (frame["entry"] == top[1])].iloc[0]
     if len(board.classes) == 2 and board.primary is not None and np.isfinite(row["threshold"]):
         p = board.primary
@@ -382,7 +393,7 @@ def _draw_confusion(board: Board, top: tuple[str, str], split: str, path: Path) 
         how = f"threshold {row['threshold']:.4g} ({board.info['threshold']} on val)"
     else:
         matrix, names, how = metrics.argmax_metrics(t.labels, t.probs)["confusion"], board.classes, "argmax"
-    return plot_confusion(matrix, names, f"{top[1]} on {split}, {how}", path)
+    return plot_confusion(matrix, names, f"{top[1]} on {split}, {how}{_shown_repeat(board)}", path)
 
 
 def _draw_auc_bars(shown: pd.DataFrame, split: str, best: str | None, path: Path) -> Path:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medzoo.benchmarks import leaderboard
+from medzoo.benchmarks import leaderboard, plots
 from medzoo.cli import leaderboard as cli_leaderboard
 from medzoo.benchmarks.leaderboard import build_leaderboard, check_options, config_options, write_leaderboard
 from medzoo.ensemble.table import ProbabilityTable
@@ -190,6 +190,26 @@ def test_binary_plots_are_written(tmp_path):
     write_leaderboard(run, bootstrap=50)
     for name in ("roc.png", "confusion.png", "auc_ci.png", "calibration.png", "training_curves.png"):
         assert (run / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_repeated_run_figures_show_the_first_repeat_at_its_own_threshold(tmp_path, monkeypatch):
+    # a@s0 separates perfectly (youden threshold 0.6); a@s1 scores 0.3 / 0.1 (threshold 0.3). The board's
+    # threshold is their mean, 0.45, which on a@s0's test table would call one negative (0.5) positive.
+    run = tmp_path / "rep"
+    run.mkdir()
+    s0 = np.array([.9, .8, .7, .6, .5, .4, .3, .2])
+    s1 = np.array([.3, .3, .3, .3, .1, .1, .1, .1])
+    for tag, score in (("s0", s0), ("s1", s1)):
+        for split in ("val", "test"):
+            put(run, "member", f"a@{tag}", split, BINARY, np.stack([1 - score, score], axis=1), Y)
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_confusion", lambda m, names, title, path: drawn.update(matrix=m, title=title))
+    monkeypatch.setattr(plots, "plot_roc", lambda curves, title, path: drawn.update(roc=title))
+    frame = write_leaderboard(run, bootstrap=0).set_index("entry")
+    assert frame.loc["a", "threshold"] == pytest.approx(0.45)
+    assert drawn["matrix"].tolist() == [[4, 0], [0, 4]]
+    assert drawn["title"] == "a on test, threshold 0.6 (youden on val), repeat s0 of 2"
+    assert drawn["roc"].endswith(", repeat s0 of 2")
 
 
 def test_an_ensemble_table_without_labels_gets_them_from_the_members(tmp_path):
