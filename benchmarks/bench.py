@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import torchvision
 from medzoo.benchmarks.leaderboard import config_options, to_terminal, write_leaderboard
 from medzoo.benchmarks.report import write_report
 from medzoo.benchmarks.submission import get_format, submit_run
-from medzoo.core.fileio import clean_stale_temps, write_json, write_text
+from medzoo.core.fileio import clean_stale_temps, file_lock, write_json, write_text
 from medzoo.core.rundir import RunDir
 from medzoo.ensemble.run import build_ensembles
 from medzoo.zoo.check import check
@@ -83,15 +84,15 @@ def run_bench(cfg: ZooConfig, results_dir: str | Path = "results", members=None,
     write_json(run.environment_json, environment(str(resolve_device(cfg.device))))
     if cfg.source and Path(cfg.source).is_file():
         write_text(run.config_toml, Path(cfg.source).read_text())
-    history = read_stage_history(run.stages_json)
-    history.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": stages})
+    record = {"call": secrets.token_hex(8), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": stages}
+    read_stage_history(run.stages_json)  # a damaged record fails the call here, before any training
 
     def stage(name, fn):
         log(f"== {name}")
         t0 = time.perf_counter()
         out = fn()
         stages[name] = round(time.perf_counter() - t0, 2)
-        write_json(run.stages_json, history)
+        record_stages(run.stages_json, record)
         return out
 
     trained = stage("train", lambda: train_zoo(cfg, members=members, results_dir=results_dir, extend=extend, log=log))
@@ -137,6 +138,22 @@ def inspect_run(run_dir: str | Path, device: str = "auto", log=print) -> None:
         log(f"embedding view skipped: {e}")
     else:
         log(f"embedding view: {view.png}")
+
+
+def record_stages(path: Path, record: dict) -> None:
+    """Write one bench call's ``record`` (``{"call", "started", "seconds"}``) into ``stages.json``.
+
+    The file is re-read under :func:`file_lock` and only this call's record is replaced (or appended), so
+    calls sharing a run folder each keep theirs.
+    """
+    with file_lock(path):
+        history = read_stage_history(path)
+        calls = [h.get("call") for h in history]
+        if record["call"] in calls:
+            history[calls.index(record["call"])] = record
+        else:
+            history.append(record)
+        write_json(path, history)
 
 
 def read_stage_history(path: Path) -> list[dict]:

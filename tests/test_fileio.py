@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from medzoo.core.fileio import TEMP_PATTERN, atomic_path, clean_stale_temps, write_json, write_text
+from medzoo.core.fileio import TEMP_PATTERN, atomic_path, clean_stale_temps, file_lock, write_json, write_text
 
 
 def strict_loads(text: str):
@@ -92,3 +92,32 @@ def test_clean_stale_temps_by_age_and_depth(tmp_path):
     assert clean_stale_temps(tmp_path, older_than=3600, recursive=True) == [deep]
     assert clean_stale_temps(tmp_path, recursive=True) == [fresh]
     assert clean_stale_temps(tmp_path / "nowhere") == []
+
+
+def test_file_lock_times_out_on_a_held_lock_and_takes_a_stale_one(tmp_path):
+    target = tmp_path / "stages.json"
+    lock = tmp_path / "stages.json.lock"
+    lock.write_text("")
+    with pytest.raises(TimeoutError, match=r"stages.json.lock: held by another process for over 0.1 s"):
+        with file_lock(target, timeout=0.1):
+            pass
+    assert lock.exists()  # a waiter never removes a live lock
+    old = time.time() - 300
+    os.utime(lock, (old, old))
+    with file_lock(target, timeout=0.1, stale_after=120):
+        assert lock.exists() and lock.stat().st_mtime > old
+    assert not lock.exists()
+
+
+def test_file_lock_keeps_concurrent_read_modify_writes_whole(tmp_path):
+    # Two processes each add 1 to a counter 200 times, read and rewrite under the lock: no update is lost.
+    counter = tmp_path / "n.json"
+    write_json(counter, 0)
+    code = ("import json, sys\nfrom medzoo.core.fileio import file_lock, write_json\n"
+            "for _ in range(200):\n"
+            "    with file_lock(sys.argv[1]):\n"
+            "        write_json(sys.argv[1], json.loads(open(sys.argv[1]).read()) + 1)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(counter)]) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert json.loads(counter.read_text()) == 400
+    assert not (tmp_path / "n.json.lock").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import medzoo
-from medzoo.benchmarks.bench import read_stage_history
+from medzoo.benchmarks.bench import read_stage_history, record_stages
 from medzoo.cli import main
 from medzoo.config import config_path, load_config
 from medzoo.core.fileio import TEMP_SUFFIX
@@ -147,6 +147,22 @@ def test_stage_history_of_an_older_medzoo_is_read_as_one_call(tmp_path):
     old.write_text('"nonsense"')
     with pytest.raises(ValueError, match="stages.json: expected a list"):
         read_stage_history(old)
+
+
+def test_two_calls_sharing_a_run_folder_each_keep_their_stage_record(tmp_path):
+    # Call b starts while a is training; a's later writes must not drop b's record, nor b's a's.
+    path = tmp_path / "stages.json"
+    path.write_text('{"train": 10.0}')  # an older medzoo's single call
+    a = {"call": "a", "started": "2026-12-02T10:00:00", "seconds": {"check": 1.0, "train": 5.0}}
+    b = {"call": "b", "started": "2026-12-02T10:01:00", "seconds": {"check": 2.0, "train": 3.0}}
+    record_stages(path, b)
+    record_stages(path, a)
+    b["seconds"]["ensemble"] = 0.5
+    record_stages(path, b)
+    assert [h.get("call") for h in read_stage_history(path)] == [None, "b", "a"]
+    assert read_stage_history(path)[1]["seconds"] == {"check": 2.0, "train": 3.0, "ensemble": 0.5}
+    assert read_stage_history(path)[2]["seconds"] == {"check": 1.0, "train": 5.0}
+    assert not (tmp_path / "stages.json.lock").exists()
 
 
 def readme_block(kind: str, first_line: str) -> str:

@@ -3,6 +3,7 @@
 :func:`atomic_path` writes to ``.<name>.<8 hex digits>.medzoo-tmp`` beside the target and renames
 it over the target when done. A process killed mid-write (SIGKILL, power loss) leaves that
 temporary file behind; :func:`clean_stale_temps` removes such files, and only such files.
+:func:`file_lock` keeps a short read-modify-write of a file shared by several processes whole.
 """
 from __future__ import annotations
 
@@ -77,6 +78,38 @@ def clean_stale_temps(folder: str | os.PathLike, older_than: float = 0.0, recurs
         p.unlink(missing_ok=True)
         removed.append(p)
     return sorted(removed)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout: float = 30.0, stale_after: float = 120.0) -> Iterator[None]:
+    """Hold ``<path>.lock`` while the block runs: for a read-modify-write of ``path`` that takes seconds at most.
+
+    The lock file is created with ``O_EXCL`` (any OS, any shared file system that honours it) and removed on
+    exit. A lock file older than ``stale_after`` seconds is taken as left by a killed process and removed.
+    Waiting longer than ``timeout`` seconds raises ``TimeoutError`` naming the lock file.
+    """
+    lock = Path(f"{os.fspath(path)}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            try:
+                if time.time() - lock.stat().st_mtime > stale_after:
+                    lock.unlink(missing_ok=True)
+                    continue
+            except FileNotFoundError:  # released while we looked
+                continue
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{lock}: held by another process for over {timeout:g} s; "
+                                   f"delete it if no medzoo command is writing {Path(path).name}") from None
+            time.sleep(0.02)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
