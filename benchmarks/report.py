@@ -200,14 +200,17 @@ def _board_columns(board: pd.DataFrame) -> dict[str, str]:
 
 def _board_rows(board: pd.DataFrame) -> dict:
     """The shown columns' headers and each row's cells as ``(text, sort key)``; a sort key is a number or text,
-    "" for a missing value (sorted last either way)."""
+    "" for a missing value (sorted last either way). An ensemble of every member on the board shows "all <M>"."""
     columns = _board_columns(board)
+    everyone = set(board.loc[board["kind"] == "member", "entry"])
     rows = []
     for _, row in board.iterrows():
         cells = []
         for c in columns:
             v = row[c]
-            if c in ("test_auc_lo", "val_auc_lo") and isinstance(v, float) and not math.isnan(v):
+            if c == "members" and isinstance(v, str) and len(everyone) > 1 and set(v.split(", ")) == everyone:
+                cells.append((f"all {len(everyone)}", v))
+            elif c in ("test_auc_lo", "val_auc_lo") and isinstance(v, float) and not math.isnan(v):
                 cells.append((f"[{v:.4f}, {row[c[:-3] + '_hi']:.4f}]", v))
             elif c in ("delong_p", "delong_p_holm") and isinstance(v, float) and v < 0.001:
                 cells.append(("<0.001", v))

@@ -123,3 +123,13 @@ def test_a_board_without_test_labels_shows_the_validation_interval_and_the_task_
                                "val views mean AUC", "val ECE", "members"]
     assert [text for text, _ in rows["rows"][0]["cells"]] == ["1", "mean", "ensemble", "0.8300", "[0.7800, 0.8800]",
                                                               "0.7400", "0.8200", "0.1000", "a, b"]
+
+
+def test_an_ensemble_of_every_member_shows_all_m_and_a_subset_its_names():
+    nan = float("nan")
+    board = pd.DataFrame({"rank": [1, 2, 3, 4], "entry": ["mean", "pair", "a", "b"],
+                          "kind": ["ensemble", "ensemble", "member", "member"], "val_auc": [0.9, 0.8, 0.7, 0.6],
+                          "test_auc": [0.8, 0.7, 0.6, 0.5],
+                          "members": ["b, a", "a", nan, nan]})
+    cells = [dict(zip(_board_rows(board)["headers"], row["cells"]))["members"] for row in _board_rows(board)["rows"]]
+    assert cells == [("all 2", "b, a"), ("a", "a"), ("", ""), ("", "")]
