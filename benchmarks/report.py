@@ -96,6 +96,7 @@ def render(rd: RunDir) -> str:
         "board": _board_rows(board),
         "figures": [f for name, caption in BOARD_FIGURES if (f := _figure(rd, rd.plots / name, caption))],
         "members": _members(rd),
+        "members_folder": rd.members.is_dir(),
         "curves": _figure(rd, rd.plots / "training_curves.png", "Training curves"),
         "heatmaps": [f for p in _board_order(board, rd.explain.glob("*/grid.png"))
                      if (f := _figure(rd, p, _heatmap_caption(p)))],

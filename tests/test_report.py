@@ -133,3 +133,13 @@ def test_an_ensemble_of_every_member_shows_all_m_and_a_subset_its_names():
                           "members": ["b, a", "a", nan, nan]})
     cells = [dict(zip(_board_rows(board)["headers"], row["cells"]))["members"] for row in _board_rows(board)["rows"]]
     assert cells == [("all 2", "b, a"), ("a", "a"), ("", ""), ("", "")]
+
+
+def test_a_copied_run_without_members_says_so_and_a_run_with_them_lists_each(benched, tmp_path):
+    rd, _ = benched
+    members = rd.report_html.read_text().split('<section id="members">', 1)[1].split("</section>", 1)[0]
+    assert re.findall(r'<tr><td class="text">([^<]*)</td>', members) == ["a", "b"]  # each unit's first cell
+    copy = tmp_path / "tiny"
+    shutil.copytree(rd.path, copy, ignore=shutil.ignore_patterns("members"))
+    members = write_report(copy).read_text().split('<section id="members">', 1)[1].split("</section>", 1)[0]
+    assert "This folder has no <code>members/</code>" in members and "No finished members" not in members
