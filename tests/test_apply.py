@@ -79,6 +79,16 @@ def test_a_bad_entry_name_raises_listing_the_entries(run):
                             f"rank_mean, softmax_auc, stacking, subset_search")
 
 
+def test_a_run_folder_without_tables_says_what_it_lacks(run, tmp_path):
+    rd, npz = run
+    board_only = tmp_path / "reference"  # what a committed reference holds: its board, no tables or checkpoints
+    board_only.mkdir()
+    (board_only / "config.json").write_text((rd.path / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"reference: no probability tables \(predictions/, ensembles/\) to take "
+                                         r"entry 'greedy' from; .* train it with `medzoo bench`"):
+        predict_run(board_only, npz, entry="greedy")
+
+
 def test_image_files_a_csv_of_paths_and_the_command_line_agree(run, tmp_path, capsys):
     rd, _ = run
     rng = np.random.default_rng(3)

@@ -80,12 +80,16 @@ def run_entries(run: RunDir) -> dict[str, str]:
 
 
 def open_entry(run_dir: str | Path, entry: str) -> tuple[RunDir, str]:
-    """``(run, "member" | "ensemble")`` of one entry of a run folder; raises for a missing folder, and for an
-    unknown entry listing the run's entries."""
+    """``(run, "member" | "ensemble")`` of one entry of a run folder; raises for a missing folder, for a folder
+    without tables, and for an unknown entry listing the run's entries."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise FileNotFoundError(f"no run folder at {run.path}")
     entries = run_entries(run)
+    if not entries:
+        raise ValueError(f"{run.path}: no probability tables (predictions/, ensembles/) to take entry {entry!r} from; "
+                         f"a committed or copied run keeps its board, not its tables and checkpoints: train it with "
+                         f"`medzoo bench` (or `medzoo train` and `medzoo ensemble`) first")
     if entry not in entries:
         raise ValueError(f"{run.path}: " + unknown_name("entry", entry, entries))
     return run, entries[entry]
