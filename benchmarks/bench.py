@@ -157,7 +157,8 @@ def record_stages(path: Path, record: dict) -> None:
 
 
 def read_stage_history(path: Path) -> list[dict]:
-    """The calls recorded in ``stages.json``: ``[{"started", "seconds": {stage: s}}]``.
+    """The calls recorded in ``stages.json``: ``[{"call", "started", "seconds": {stage: s}}]``, in the order of
+    their first recorded stage (``call`` is a random id; older records have none).
 
     A file from medzoo 0.1 held one call's ``{stage: seconds}``; it is read as that one call.
     """

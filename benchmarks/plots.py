@@ -382,7 +382,7 @@ def _draw_confusion(board: Board, top: tuple[str, str], split: str, path: Path) 
     t = getattr(board.entries[top], split)
     frame = board.frame
     tags = board.info.get("repeats") or []
-    if tags:
+    if tags and board.repeats is not None:
         frame = board.repeats[board.repeats["replicate"] == repeat_label(tags[0])]
     row = frame[(frame["kind"] == top[0]) & (frame["entry"] == top[1])].iloc[0]
     if len(board.classes) == 2 and board.primary is not None and np.isfinite(row["threshold"]):

@@ -243,9 +243,11 @@ def _members(rd: RunDir) -> list[dict]:
     return out
 
 
-def _stages(rd: RunDir) -> list[dict]:
-    """Each recorded bench call: when it started and its stage seconds (``stages.json``)."""
-    return _read_json(rd.stages_json) or []
+def _stages(rd: RunDir) -> dict:
+    """Each recorded bench call (``stages.json``), when it started and its stage seconds, and ``names``: every
+    stage any call recorded, in the order first seen (an interrupted or older call may lack some)."""
+    calls = _read_json(rd.stages_json) or []
+    return {"calls": calls, "names": list(dict.fromkeys(k for c in calls for k in c.get("seconds", {})))}
 
 
 def _commands(rd: RunDir, config: dict) -> list[str]:

@@ -94,19 +94,20 @@ def test_clean_stale_temps_by_age_and_depth(tmp_path):
     assert clean_stale_temps(tmp_path / "nowhere") == []
 
 
-def test_file_lock_times_out_on_a_held_lock_and_takes_a_stale_one(tmp_path):
+def test_file_lock_times_out_while_held_and_a_killed_holders_lock_is_free(tmp_path):
     target = tmp_path / "stages.json"
-    lock = tmp_path / "stages.json.lock"
-    lock.write_text("")
-    with pytest.raises(TimeoutError, match=r"stages.json.lock: held by another process for over 0.1 s"):
-        with file_lock(target, timeout=0.1):
-            pass
-    assert lock.exists()  # a waiter never removes a live lock
-    old = time.time() - 300
-    os.utime(lock, (old, old))
-    with file_lock(target, timeout=0.1, stale_after=120):
-        assert lock.exists() and lock.stat().st_mtime > old
-    assert not lock.exists()
+    with file_lock(target):
+        with pytest.raises(TimeoutError, match=r"stages.json.lock"):
+            with file_lock(target, timeout=0.1):
+                pass
+    code = ("import os, signal, sys; from medzoo.core.fileio import file_lock\n"
+            "with file_lock(sys.argv[1]):\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", code, str(target)]).returncode == -9
+    assert (tmp_path / "stages.json.lock").exists()  # left behind, but no longer held
+    started = time.monotonic()
+    with file_lock(target, timeout=5):
+        assert time.monotonic() - started < 1
 
 
 def test_file_lock_keeps_concurrent_read_modify_writes_whole(tmp_path):
@@ -120,4 +121,3 @@ def test_file_lock_keeps_concurrent_read_modify_writes_whole(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code, str(counter)]) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert json.loads(counter.read_text()) == 400
-    assert not (tmp_path / "n.json.lock").exists()

@@ -143,3 +143,16 @@ def test_a_copied_run_without_members_says_so_and_a_run_with_them_lists_each(ben
     shutil.copytree(rd.path, copy, ignore=shutil.ignore_patterns("members"))
     members = write_report(copy).read_text().split('<section id="members">', 1)[1].split("</section>", 1)[0]
     assert "This folder has no <code>members/</code>" in members and "No finished members" not in members
+
+
+def test_the_stage_table_has_every_stage_any_call_recorded(benched, tmp_path):
+    rd, _ = benched
+    copy = tmp_path / "tiny"
+    shutil.copytree(rd.path, copy)
+    (copy / "stages.json").write_text('[{"started": null, "seconds": {"train": 10.0}}, {"call": "c", "started": '
+                                      '"2026-12-02T10:00:00", "seconds": {"check": 1.5, "train": 7.0, "report": 2.0}}]')
+    html = write_report(copy).read_text()
+    table = html.split("bench call started", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<th>([^<]*) \(s\)</th>", table) == ["train", "check", "report"]
+    assert re.findall(r"<tr><td[^>]*>([^<]*)</td>((?:<td>[^<]*</td>)*)</tr>", table) == [
+        ("", "<td>10.0</td><td></td><td></td>"), ("2026-12-02T10:00:00", "<td>7.0</td><td>1.5</td><td>2.0</td>")]

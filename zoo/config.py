@@ -406,9 +406,9 @@ def _parse_member(raw: Any, i: int, defaults_raw: dict, forced: dict, seeds: tup
     if size < info.min_size:
         raise ValueError(f"{where}: size {size} is below {model}'s minimum input size {info.min_size}")
     member_id = str(raw.get("id", model))
-    if not member_id or "/" in member_id or member_id.startswith(".") or TAG in member_id:
+    if not member_id or "/" in member_id or member_id.startswith(".") or TAG in member_id or "," in member_id:
         raise ValueError(f"{where}: id {member_id!r} must be a plain folder name without {TAG!r} "
-                         f"(it marks repeats and folds)")
+                         f"(it marks repeats and folds) or ',' (it separates members in the tables)")
     merged = merge_tables(merge_tables(defaults_raw, {k: v for k, v in raw.items() if k in train_keys}), forced)
     member_seeds = _parse_seeds(raw["seeds"], f"{where} seeds") if "seeds" in raw else seeds
     return MemberConfig(id=member_id, model=model, size=size, train=parse_train(merged, f"{where} ({member_id})"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from filelock import FileLock
 
 TEMP_SUFFIX = ".medzoo-tmp"
 TEMP_PATTERN = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
@@ -80,36 +81,15 @@ def clean_stale_temps(folder: str | os.PathLike, older_than: float = 0.0, recurs
     return sorted(removed)
 
 
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike, timeout: float = 30.0, stale_after: float = 120.0) -> Iterator[None]:
-    """Hold ``<path>.lock`` while the block runs: for a read-modify-write of ``path`` that takes seconds at most.
+def file_lock(path: str | os.PathLike, timeout: float = 30.0) -> FileLock:
+    """A lock on ``<path>.lock`` for a short read-modify-write of ``path`` by several processes: ``with
+    file_lock(path): ...``.
 
-    The lock file is created with ``O_EXCL`` (any OS, any shared file system that honours it) and removed on
-    exit. A lock file older than ``stale_after`` seconds is taken as left by a killed process and removed.
+    It is an OS lock (py-filelock: ``fcntl.flock``, ``msvcrt.locking`` on Windows), so the OS releases it when
+    its holder dies and a killed process never leaves a lock to clean up; the empty lock file may stay.
     Waiting longer than ``timeout`` seconds raises ``TimeoutError`` naming the lock file.
     """
-    lock = Path(f"{os.fspath(path)}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            break
-        except FileExistsError:
-            try:
-                if time.time() - lock.stat().st_mtime > stale_after:
-                    lock.unlink(missing_ok=True)
-                    continue
-            except FileNotFoundError:  # released while we looked
-                continue
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{lock}: held by another process for over {timeout:g} s; "
-                                   f"delete it if no medzoo command is writing {Path(path).name}") from None
-            time.sleep(0.02)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+    return FileLock(f"{os.fspath(path)}.lock", timeout=timeout)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
