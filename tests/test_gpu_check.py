@@ -28,6 +28,7 @@ def test_dry_run_reports_every_part_with_finite_figures(tmp_path):
 
     speed = report["speed"]
     assert [m["model"] for m in speed["models"]] == list(gpu_check.DRY.models)
+    assert (speed["rounds"], speed["warmup_batches"]) == (2, 1)  # 2 batches in alternating rounds of 1
     assert _finite(speed["loader_images_per_s"]) and speed["loader_images_per_s"] > 0
     for m in speed["models"]:
         assert m["status"] == "ok"
@@ -41,7 +42,7 @@ def test_dry_run_reports_every_part_with_finite_figures(tmp_path):
     parity = report["parity"]
     assert len(parity["rows"]) == 3 * len(gpu_check.DRY.parity_models)
     for row in parity["rows"]:
-        assert all(_finite(row[k]) for k in ("max_abs_diff", "max_rel_diff", "max_abs_logit", "limit"))
+        assert all(_finite(row[k]) for k in ("max_abs_diff", "max_rel_diff", "max_abs_logit", "logit_spread", "limit"))
         assert row["passed"] is (True if row["judged"] else None)
     assert parity["passed"] is True
 
@@ -93,7 +94,30 @@ def test_a_failing_part_keeps_what_it_published(tmp_path):
 def test_a_torchrun_past_its_timeout_is_killed_and_reported(tmp_path):
     settings = dataclasses.replace(gpu_check.DRY, run_timeout_s=0.5)
     result = {}
-    gpu_check.check_torchrun(settings, torch.device("cpu"), gpu_check.Budget(60), tmp_path, result.update)
+    with pytest.raises(RuntimeError, match=r"^the torchrun run did not finish \(exit -?\d+, timed out; see torchrun.log\)$"):
+        gpu_check.check_torchrun(settings, torch.device("cpu"), gpu_check.Budget(60), tmp_path, result.update)
     assert result["timed_out"] is True and result["finished"] is False and result["val_auc"] is None
     assert result["collective"]["all_reduce_ok"] is True
     assert "log_tail" in result
+
+
+def test_batch_statistics_come_from_the_models_own_activations():
+    # A 1x1 convolution summing the 3 channels of N(0, 1) noise gives activations of variance 3: the averaged
+    # running variance is about 3 and the mean about 0, in eval mode afterwards.
+    conv = torch.nn.Conv2d(3, 1, 1, bias=False)
+    torch.nn.init.ones_(conv.weight)
+    model = gpu_check.with_batch_statistics(torch.nn.Sequential(conv, torch.nn.BatchNorm2d(1)), size=16, batch=8)
+    norm = model[1]
+    assert not model.training and norm.momentum is None and int(norm.num_batches_tracked) == 3
+    assert float(norm.running_var) == pytest.approx(3.0, rel=0.05) and abs(float(norm.running_mean)) < 0.05
+
+
+def test_an_environment_field_that_cannot_be_read_holds_its_error(monkeypatch):
+    def broken():
+        raise RuntimeError("cuDNN not loadable")
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", broken)
+    env = {}
+    gpu_check.check_environment(torch.device("cpu"), env.update)
+    assert env["cudnn_version"] == "error: RuntimeError: cuDNN not loadable"
+    assert env["torch"] == torch.__version__ and env["gpu_count"] == 0
