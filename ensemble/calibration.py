@@ -24,7 +24,6 @@ scaled.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -208,13 +207,13 @@ def calibration_source(run_dir: str | Path, entry: str) -> tuple[str, str, float
         return None
     rd = RunDir(run_dir)
     val = rd.table("ensemble", entry, "val")
-    meta = json.loads(sidecar_path(val).read_text()) if sidecar_path(val).is_file() else {}
-    source = meta.get("calibrated_from")
-    if not isinstance(source, dict) or "temperature" not in meta:
+    scaled = ProbabilityTable.read(val)
+    source = scaled.meta.get("calibrated_from")
+    if not isinstance(source, dict) or "temperature" not in scaled.meta:
         raise ValueError(f"entry {entry!r} is named as a temperature-scaled copy, but {sidecar_path(val)} is missing "
                          f"or records no source and temperature; rerun `medzoo calibrate {rd.path}`")
-    kind, name, t = source["kind"], source["name"], float(meta["temperature"])
-    original, scaled = ProbabilityTable.read(rd.table(kind, name, "val")), ProbabilityTable.read(val)
+    kind, name, t = source["kind"], source["name"], float(scaled.meta["temperature"])
+    original = ProbabilityTable.read(rd.table(kind, name, "val"))
     if original.ids != scaled.ids or not np.allclose(apply_temperature(original.probs, t), scaled.probs,
                                                      rtol=0, atol=1e-6):
         raise ValueError(f"entry {entry!r}: {kind} {name!r} has changed since it was temperature-scaled (T {t:.4g} "

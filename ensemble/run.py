@@ -86,7 +86,7 @@ def load_member_tables(run_dir: str | Path, members=None, log=print) -> tuple[li
     for m in members or []:
         if m in skipped:
             raise ValueError(f"member {m!r} cannot be used: {skipped[m]}")
-        repeats = [f for f in found if TAG in f and f.split(TAG, 1)[0] == m]
+        repeats = repeats_of(m, found)
         if m not in found and not repeats:
             raise ValueError(unknown_name("member", m, found))
         names += [m] if m in found else repeats
@@ -120,6 +120,11 @@ def fold_tables(run_dir: str | Path, members: list[str]) -> dict[int, list[Proba
         common = found if common is None else common & found
     return {k: [ProbabilityTable.read(run.table("member", m, f"test.fold{k}")) for m in members]
             for k in sorted(common or ())}
+
+
+def repeats_of(member: str, names: list[str]) -> list[str]:
+    """The tagged repeats of ``member`` among table ``names``: ``resnet18`` -> ``[resnet18@s0, resnet18@s1]``."""
+    return [n for n in names if TAG in n and n.split(TAG, 1)[0] == member]
 
 
 def repeat_groups(names: list[str]) -> dict[str, list[str]]:
@@ -447,7 +452,7 @@ def _per_repeat(config: dict, names: list[str]) -> dict:
     def expand(value: dict) -> dict:
         out = {}
         for key, v in value.items():
-            repeats = [] if key in names else [n for n in names if TAG in n and n.split(TAG, 1)[0] == key]
+            repeats = [] if key in names else repeats_of(key, names)
             out.update(dict.fromkeys(repeats, v) if repeats else {key: v})
         return out
     return _per_member_options(config, expand)
